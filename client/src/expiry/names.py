@@ -1,0 +1,25 @@
+"""Names and paths that the client, the sidecar, the operator and the chart agree on.
+
+They are contracts (see DESIGN.md): change one only together with every part that uses it.
+"""
+
+from typing import Final
+
+TIMER_FILE_ENV: Final = "TORCHELASTIC_TIMER_FILE"
+"""torch's own variable, so code written for torchrun's timer finds the FIFO unchanged."""
+
+RUN_DIR: Final = "/var/run/expiry"
+FIFO_PATH: Final = f"{RUN_DIR}/timer.fifo"
+STATE_PATH: Final = f"{RUN_DIR}/sidecar-state.json"
+DUMP_DIR: Final = f"{RUN_DIR}/dumps"
+
+SIDECAR_CONTAINER: Final = "expiry-sidecar"
+VOLUME_NAME: Final = "expiry-run"
+METRICS_PORT: Final = 9464
+METRICS_PORT_NAME: Final = "expiry-metrics"
+
+ANNOTATION_PREFIX: Final = "expiry.io/"
+ENABLED_ANNOTATION: Final = "expiry.io/enabled"
+STATUS_ANNOTATION: Final = "expiry.io/status"
+INJECTED_LABEL: Final = "expiry.io/injected"
+INJECTED: Final = "injected"

@@ -1,0 +1,82 @@
+"""``FileTimerClient``: arms and releases timers on the server; torch's class, made cheap and robust.
+
+Same constructor and methods as ``torch.distributed.elastic.timer.FileTimerClient``, so either can be
+passed wherever the other is expected. The differences are what happens underneath:
+
+- the FIFO stays open between requests instead of being opened and closed for every one;
+- a full pipe is waited out, a restarted server is reconnected to, and the timers this process has
+  armed are re-armed on the new server (see :mod:`expiry.pipe`);
+- requests carry the writer's start time, so the server never mistakes a later process that
+  reuses the pid for the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as _signal
+import threading
+from collections.abc import Iterator
+
+from expiry import procstat
+from expiry.pipe import PipeWriter
+from expiry.wire import Request, encode
+
+
+class FileTimerClient:
+    def __init__(
+        self,
+        file_path: str,
+        signal: int = _signal.SIGKILL,
+        *,
+        connect_timeout: float = 5.0,
+        full_timeout: float = 30.0,
+    ) -> None:
+        self._file_path = file_path
+        self.signal = int(signal)
+        self._pipe = PipeWriter(
+            file_path, connect_timeout=connect_timeout, full_timeout=full_timeout, replay=self._armed_lines
+        )
+        self._pid = os.getpid()
+        self._starttime = procstat.starttime()
+        self._armed: dict[str, bytes] = {}
+        """scope -> the acquire line last sent for it, replayed after a reconnect."""
+        self._armed_lock = threading.Lock()
+
+    @property
+    def file_path(self) -> str:
+        return self._file_path
+
+    def acquire(self, scope_id: str, expiration_time: float) -> None:
+        """Arm (or re-arm) ``scope_id`` to expire at ``expiration_time``, wall-clock epoch seconds."""
+        line = encode(self._request(scope_id, expiration_time, self.signal))
+        with self._armed_lock:
+            self._armed[scope_id] = line
+        self._pipe.write(line)
+
+    def release(self, scope_id: str) -> None:
+        """Disarm ``scope_id``; releasing a scope that is not armed is harmless."""
+        line = encode(self._request(scope_id, -1, 0))
+        with self._armed_lock:
+            self._armed.pop(scope_id, None)
+        self._pipe.write(line)
+
+    def close(self) -> None:
+        self._pipe.close()
+
+    def _request(self, scope_id: str, expiration_time: float, signal: int) -> Request:
+        if os.getpid() != self._pid:
+            self._after_fork()
+        return Request(self._pid, scope_id, expiration_time, signal, self._starttime)
+
+    def _after_fork(self) -> None:
+        """A forked child is a new worker: its own pid and start time, none of the parent's timers."""
+        self._pid = os.getpid()
+        self._starttime = procstat.starttime()
+        self._armed_lock = threading.Lock()
+        self._armed = {}
+        self._pipe.after_fork()
+
+    def _armed_lines(self) -> Iterator[bytes]:
+        with self._armed_lock:
+            lines = list(self._armed.values())
+        yield from lines

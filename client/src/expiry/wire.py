@@ -1,0 +1,105 @@
+"""The wire format: PyTorch's ``FileTimerRequest``, version 1.
+
+A request is one JSON object on one line::
+
+    {"version": 1, "pid": 4242, "scope_id": "train.py#57", "expiration_time": 1767225600.5, "signal": 9}
+
+- ``pid`` is the worker to kill; it must be positive (``kill(-1, SIGKILL)`` would reach every process).
+- ``expiration_time`` is wall-clock epoch seconds; a negative value releases the scope.
+- ``signal <= 0`` expires the timer without signalling anyone.
+- Extra keys are allowed and ignored by torch. expiry's client adds ``starttime``: the writer's start
+  time in clock ticks since boot (field 22 of ``/proc/PID/stat``), so the server can tell the writer
+  from a later process that reuses its pid.
+- A line goes out in one ``write()`` of at most ``PIPE_BUF`` bytes, which POSIX makes atomic: lines
+  from concurrent writers never interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal as _signal
+from dataclasses import dataclass
+from typing import Any, Final
+
+VERSION: Final = 1
+PIPE_BUF: Final = 4096
+PID_MAX: Final = 4_194_304
+"""The kernel's PID_MAX_LIMIT on 64-bit machines: no pid is larger."""
+
+
+class MalformedRequest(ValueError):
+    """A line that is not a valid version-1 request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    pid: int
+    scope_id: str
+    expiration_time: float
+    signal: int
+    starttime: int | None = None
+
+    @property
+    def is_release(self) -> bool:
+        return self.expiration_time < 0
+
+
+def encode(request: Request) -> bytes:
+    """One newline-terminated line, ready for a single ``write()``."""
+    fields: dict[str, Any] = {
+        "version": VERSION,
+        "pid": request.pid,
+        "scope_id": request.scope_id,
+        "expiration_time": request.expiration_time,
+        "signal": request.signal,
+    }
+    if request.starttime is not None:
+        fields["starttime"] = request.starttime
+    line = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+    if len(line) > PIPE_BUF:
+        raise ValueError(
+            f"request is {len(line)} bytes, over PIPE_BUF ({PIPE_BUF}) past which one write() is not"
+            f" atomic: shorten the scope id ({len(request.scope_id)} characters)"
+        )
+    return line
+
+
+def decode(line: bytes | str) -> Request:
+    """Parse one line (without its newline); raise MalformedRequest saying what is wrong."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedRequest(f"not a JSON object but {type(obj).__name__}")
+    version = obj.get("version")
+    if _integer(version) != VERSION:
+        raise MalformedRequest(f"version must be {VERSION}, not {version!r}")
+    pid = _integer(obj.get("pid"))
+    if pid is None or not 0 < pid <= PID_MAX:
+        raise MalformedRequest(f"pid must be an integer in 1..{PID_MAX}, not {obj.get('pid')!r}")
+    scope_id = obj.get("scope_id")
+    if not isinstance(scope_id, str):
+        raise MalformedRequest(f"scope_id must be a string, not {scope_id!r}")
+    expiration_time = obj.get("expiration_time")
+    if (
+        isinstance(expiration_time, bool)
+        or not isinstance(expiration_time, int | float)
+        or not math.isfinite(expiration_time)
+    ):
+        raise MalformedRequest(f"expiration_time must be a finite number, not {expiration_time!r}")
+    sig = _integer(obj.get("signal"))
+    if sig is None or sig >= _signal.NSIG:
+        raise MalformedRequest(f"signal must be an integer below {_signal.NSIG}, not {obj.get('signal')!r}")
+    starttime = obj.get("starttime")
+    if starttime is not None and (_integer(starttime) is None or starttime < 0):
+        raise MalformedRequest(f"starttime must be a non-negative integer, not {starttime!r}")
+    return Request(pid, scope_id, float(expiration_time), sig, starttime)
+
+
+def _integer(value: object) -> int | None:
+    """``value`` if it is a JSON integer (``true`` is not one, though Python says ``True == 1``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None

@@ -1,0 +1,1 @@
+"""expiry-operator: injects the expiry sidecar into annotated pods."""

@@ -1,0 +1,5 @@
+"""Placeholder until the operator issue lands."""
+
+
+def main() -> int:
+    raise SystemExit("expiry-operator: not built yet")
