@@ -68,13 +68,18 @@ def _default_client() -> TimerClient:
     return _configured
 
 
-class expires:  # noqa: N801 - lower case like torch's expires, which it replaces
+class expires:  # lower case like torch's expires, which it replaces
     """Kill this process if the block (or each call of the decorated function) outlives ``after`` s."""
 
     __slots__ = ("_after", "_base", "_client", "_explicit", "_open")
 
     def __init__(self, after: float, scope: str | None = None, client: TimerClient | None = None) -> None:
-        if isinstance(after, bool) or not isinstance(after, int | float) or not math.isfinite(after) or after <= 0:
+        if (
+            isinstance(after, bool)
+            or not isinstance(after, int | float)
+            or not math.isfinite(after)
+            or after <= 0
+        ):
             raise ValueError(f"expires(after=...) takes a positive number of seconds, not {after!r}")
         self._after = float(after)
         self._client = client
@@ -124,5 +129,3 @@ class expires:  # noqa: N801 - lower case like torch's expires, which it replace
 
     def __repr__(self) -> str:
         return f"expires(after={self._after!r}, scope={self._base!r})"
-
-

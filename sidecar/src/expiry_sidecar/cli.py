@@ -1,0 +1,126 @@
+"""expiry-sidecar: kills training workers whose timers expire.
+
+`serve` in a pod; `run -- CMD` on a machine without Kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from expiry.names import FIFO_PATH, METRICS_PORT
+
+from expiry_sidecar import __version__, alone, logs
+from expiry_sidecar.daemon import Options, Sidecar
+from expiry_sidecar.local import run_command
+
+
+def signal_number(text: str) -> int:
+    """``SIGTERM``, ``TERM`` or ``15``."""
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if 0 < number < signal.NSIG:
+            return number
+    else:
+        with contextlib.suppress(KeyError):
+            return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    raise argparse.ArgumentTypeError(f"not a signal: {text!r} (use a name such as SIGTERM or SIGKILL)")
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="expiry-sidecar", description=__doc__)
+    top.add_argument("--version", action="version", version=f"expiry-sidecar {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics, /readyz, /healthz")
+    common.add_argument(
+        "--kill-signal", type=signal_number, help="signal to send instead of the one the client asks for"
+    )
+    common.add_argument(
+        "--escalate-after",
+        type=seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="SIGKILL a worker still alive this long after a softer signal (0: never; default 10)",
+    )
+    common.add_argument("--log-format", choices=["json", "text"], default="json")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the timer FIFO until SIGTERM")
+    serve.add_argument(
+        "--fifo", type=Path, default=Path(FIFO_PATH), help=f"the FIFO to read (default {FIFO_PATH})"
+    )
+    serve.add_argument("--metrics-port", type=port, default=METRICS_PORT, help="0: no HTTP endpoint")
+    serve.add_argument(
+        "--exit-when-alone",
+        action="store_true",
+        help="exit 0 once no process but this one and PID 1 is left in the pod (no native sidecars)",
+    )
+    serve.add_argument(
+        "--alone-grace",
+        type=seconds,
+        default=alone.GRACE,
+        metavar="SECONDS",
+        help=f"with --exit-when-alone: how long to be alone before exiting (default {alone.GRACE:g})",
+    )
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run CMD under a private timer server",
+        usage="%(prog)s [options] -- CMD ...",
+    )
+    run.add_argument(
+        "--metrics-port", type=port, default=0, help="serve /metrics while CMD runs (default: off)"
+    )
+    run.add_argument(
+        "--print-metrics", action="store_true", help="print the final metrics to stderr when CMD exits"
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    options = Options(
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        kill_signal=args.kill_signal,
+        escalate_after=args.escalate_after,
+    )
+    if args.command == "serve":
+        options.fifo = args.fifo
+        options.exit_when_alone = args.exit_when_alone
+        options.alone_grace = args.alone_grace
+        return Sidecar(options).serve_until_signalled()
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        parser().error("run needs a command: expiry-sidecar run [options] -- CMD ...")
+    return run_command(options, cmd, print_metrics=args.print_metrics)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The sidecar assembled: FIFO reader, timer server, event loop, listeners and HTTP endpoints."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from expiry.names import FIFO_PATH, METRICS_PORT
+
+from expiry_sidecar import alone
+from expiry_sidecar.fifo import FifoReader
+from expiry_sidecar.http import HttpEndpoint, Probes
+from expiry_sidecar.loop import ServeLoop
+from expiry_sidecar.metrics import make_registry
+from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
+
+log = logging.getLogger("expiry.sidecar")
+
+
+@dataclass
+class Options:
+    fifo: Path = Path(FIFO_PATH)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT
+    """0: no HTTP endpoint at all."""
+    kill_signal: int | None = None
+    escalate_after: float = 10.0
+    exit_when_alone: bool = False
+    alone_grace: float = alone.GRACE
+
+
+class KillLog(Listener):
+    def after_kill(self, report: KillReport) -> None:
+        worker = report.worker
+        fields = {
+            "pid": worker.pid,
+            "scope": report.scope_id,
+            "signal": signal_name(report.signal),
+            "outcome": report.outcome.value,
+            "late_seconds": round(report.lateness, 6),
+            "escalation": report.escalation,
+            "cmdline": worker.cmdline(),
+        }
+        log.warning(
+            "killed a stuck worker" if report.outcome == "delivered" else "could not kill", extra=fields
+        )
+
+
+class Sidecar:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.reader = FifoReader(options.fifo)
+        self.loop = ServeLoop(self.reader)
+        self.server = TimerServer(
+            kill_signal=options.kill_signal,
+            escalate_after=options.escalate_after,
+            listeners=[KillLog()],
+            on_watch=self.loop.watch,
+            on_unwatch=self.loop.unwatch,
+        )
+        self.registry = make_registry(self.server)
+        self.probes = Probes()
+        self.http = (
+            HttpEndpoint(options.metrics_host, options.metrics_port, self.registry, self.probes)
+            if options.metrics_port
+            else None
+        )
+        if options.exit_when_alone:
+            watch = alone.Solitude(on_alone=self.loop.stop, grace=options.alone_grace)
+            self.loop.periodic.append((alone.CHECK_INTERVAL, watch.check))
+
+    def run(self) -> int:
+        """Serve until stopped (SIGTERM/SIGINT in ``serve``); returns the exit status."""
+        self.probes.loop_thread = threading.current_thread()
+        if self.http:
+            self.http.start()
+        log.info(
+            "serving",
+            extra={"fifo": str(self.options.fifo), "metrics_port": self.http.port if self.http else None},
+        )
+        try:
+            return self.loop.run(self.server, ready=self._ready)
+        finally:
+            self.probes.ready = False
+            self.close()
+
+    def _ready(self) -> None:
+        self.probes.ready = True
+
+    def serve_until_signalled(self) -> int:
+        self.loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+        status = self.run()
+        log.info("stopped", extra={"timers_dropped": len(self.server.book)})
+        return status
+
+    def close(self) -> None:
+        if self.http:
+            self.http.stop()
+        self.server.close()
+        self.loop.close()
+        self.reader.close()

@@ -1,0 +1,73 @@
+"""The sidecar's HTTP endpoints, served from a background thread.
+
+- ``GET /metrics``: Prometheus exposition (prometheus_client's own WSGI app);
+- ``GET /readyz``: 200 once the FIFO is open and being read, 503 before and while shutting down;
+- ``GET /healthz``: 200 while the event loop's thread is alive.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not news."""
+
+
+class Probes:
+    def __init__(self) -> None:
+        self.ready = False
+        self.loop_thread: threading.Thread | None = None
+
+    def healthy(self) -> bool:
+        return self.loop_thread is not None and self.loop_thread.is_alive()
+
+
+def make_app(
+    registry: CollectorRegistry, probes: Probes
+) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            body: Iterable[bytes] = metrics(environ, start_response)
+            return body
+        if path in ("/readyz", "/healthz"):
+            ok = probes.ready if path == "/readyz" else probes.healthy()
+            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"not ready\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics, /readyz or /healthz\n"]
+
+    return app
+
+
+class HttpEndpoint:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, probes: Probes) -> None:
+        self._server = make_server(
+            host, port, make_app(registry, probes), server_class=_Server, handler_class=_QuietHandler
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name="expiry-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

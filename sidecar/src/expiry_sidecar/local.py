@@ -1,0 +1,52 @@
+"""``expiry-sidecar run -- CMD``: the sidecar on a machine without Kubernetes.
+
+A private server on a FIFO in a fresh temporary directory; CMD runs with ``TORCHELASTIC_TIMER_FILE``
+pointing at it; the server stops when CMD exits, and CMD's exit status is returned (128 + the
+signal number when a signal ended it, as shells report it). SIGINT and SIGTERM are passed to CMD.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from expiry.names import TIMER_FILE_ENV
+from prometheus_client import generate_latest
+
+from expiry_sidecar.daemon import Options, Sidecar
+
+
+def run_command(options: Options, argv: Sequence[str], *, print_metrics: bool = False) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="expiry-"))
+    options.fifo = workdir / "timer.fifo"
+    try:
+        sidecar = Sidecar(options)
+        child = subprocess.Popen(argv, env={**os.environ, TIMER_FILE_ENV: str(options.fifo)})
+        pidfd = os.pidfd_open(child.pid)
+        sidecar.loop.watch_fd(pidfd, sidecar.loop.stop)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: child.send_signal(signum))
+        sidecar.run()
+        os.close(pidfd)
+        status = child.wait()
+        if print_metrics:
+            sys.stderr.write(_exposition(sidecar))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return status if status >= 0 else 128 - status
+
+
+def _exposition(sidecar: Sidecar) -> str:
+    """The final series for a person to read: no HELP/TYPE comments, histogram buckets or _created."""
+    text = generate_latest(sidecar.registry).decode()
+    return "".join(
+        line + "\n"
+        for line in text.splitlines()
+        if line.startswith("expiry_") and "_bucket{" not in line and "_created" not in line
+    )

@@ -1,0 +1,103 @@
+"""The event loop: sleeps until a request arrives, a worker exits or the next deadline passes.
+
+One ``epoll`` waits on the FIFO, on a pidfd per watched worker and on a wake-up pipe for signals;
+its timeout is the time to the next deadline (none when no timer is armed), so an idle server
+does not wake at all. Reads drain the FIFO in 64 KiB chunks, at most ``MAX_READS_PER_TURN`` per
+turn, so deadlines are checked between chunks even under a flood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+from collections.abc import Callable
+
+from expiry_sidecar.fifo import FifoReader
+from expiry_sidecar.processes import Worker
+from expiry_sidecar.server import TimerServer
+
+log = logging.getLogger("expiry.sidecar")
+
+MAX_READS_PER_TURN = 16
+
+
+class ServeLoop:
+    def __init__(self, reader: FifoReader) -> None:
+        self.reader = reader
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(reader.fd, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._stop_status = 0
+        self.periodic: list[tuple[float, Callable[[], None]]] = []
+        """(interval, check) pairs run every ``interval`` seconds; only optional features use them."""
+        self.on_exit: dict[int, Callable[[], None]] = {}
+        """Extra pidfds to watch (e.g. the command in local mode) -> what to do when they turn readable."""
+
+    def watch(self, worker: Worker) -> None:
+        if worker.pidfd is not None:
+            self._selector.register(worker.pidfd, selectors.EVENT_READ, worker)
+
+    def unwatch(self, worker: Worker) -> None:
+        if worker.pidfd is not None:
+            self._selector.unregister(worker.pidfd)
+
+    def watch_fd(self, fd: int, on_ready: Callable[[], None]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, on_ready)
+
+    def stop(self, status: int = 0) -> None:
+        """Ask the loop to end after this turn (safe from signal handlers)."""
+        self._stopping = True
+        self._stop_status = status
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._wake_w, b"\0")
+
+    def stop_on_signals(self, *signums: int) -> None:
+        for signum in signums:
+            signal.signal(signum, lambda signum, frame: self.stop())
+
+    def run(self, server: TimerServer, ready: Callable[[], None] = lambda: None) -> int:
+        ready()
+        next_periodic = {check: 0.0 for _, check in self.periodic}
+        while not self._stopping:
+            timeout = server.seconds_to_next_deadline()
+            now = server.clock.monotonic()
+            for interval, check in self.periodic:
+                if next_periodic[check] <= now:
+                    check()
+                    next_periodic[check] = now + interval
+                wait = next_periodic[check] - now
+                timeout = wait if timeout is None else min(timeout, wait)
+            for key, _ in self._selector.select(timeout):
+                self._dispatch(server, key)
+            server.expire_due()
+        return self._stop_status
+
+    def _dispatch(self, server: TimerServer, key: selectors.SelectorKey) -> None:
+        if key.fd == self.reader.fd:
+            for _ in range(MAX_READS_PER_TURN):
+                chunk = self.reader.read()
+                if not chunk:
+                    break
+                server.receive(chunk)
+        elif key.fd == self._wake_r:
+            while True:
+                try:
+                    if not os.read(self._wake_r, 512):
+                        break
+                except BlockingIOError:
+                    break
+        elif isinstance(key.data, Worker):
+            server.worker_exited(key.data.pid)
+        else:
+            self._selector.unregister(key.fd)
+            key.data()
+
+    def close(self) -> None:
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -1,0 +1,105 @@
+"""Prometheus metrics, read from the server's own counters at scrape time.
+
+The hot path only bumps plain integers in :class:`~expiry_sidecar.server.Stats`; this collector
+turns them into metric families when Prometheus asks, so counting costs nothing per request.
+Label values are bounded: request kinds, signal names, failure reasons. Scope ids are unbounded
+and never become labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from expiry_sidecar import __version__, kills
+from expiry_sidecar.server import KillReport, Listener, TimerServer
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+FAILURE_REASONS = tuple(o.value for o in kills.Outcome if o is not kills.Outcome.DELIVERED)
+
+
+class ServerCollector(Collector):
+    def __init__(self, server: TimerServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        stats, server = self.server.stats, self.server
+        yield _info(__version__)
+        yield GaugeMetricFamily("expiry_timers_active", "Timers currently armed", value=len(server.book))
+        yield GaugeMetricFamily(
+            "expiry_workers_watched",
+            "Worker processes the sidecar holds a handle on",
+            value=len(server.workers),
+        )
+        remaining = server.seconds_to_next_deadline()
+        if remaining is not None:
+            yield GaugeMetricFamily(
+                "expiry_next_deadline_seconds", "Seconds until the nearest armed deadline", value=remaining
+            )
+        requests = CounterMetricFamily("expiry_requests", "Well-formed requests by kind", labels=["kind"])
+        requests.add_metric(["acquire"], stats.acquires)
+        requests.add_metric(["release"], stats.releases)
+        yield requests
+        yield CounterMetricFamily(
+            "expiry_malformed_requests", "Lines that were not a valid request", value=stats.malformed
+        )
+        yield CounterMetricFamily(
+            "expiry_stale_requests",
+            "Acquires whose writer had exited, or whose pid was reused, before they were read",
+            value=stats.stale,
+        )
+        yield CounterMetricFamily(
+            "expiry_expirations", "Timers that passed their deadline", value=stats.expirations
+        )
+        killed = CounterMetricFamily("expiry_kills", "Signals delivered to workers", labels=["signal"])
+        for name, count in sorted(stats.kills.items()):
+            killed.add_metric([name], count)
+        yield killed
+        failures = CounterMetricFamily("expiry_kill_failures", "Kills refused or failed", labels=["reason"])
+        for reason in FAILURE_REASONS:
+            failures.add_metric([reason], stats.kill_failures[reason])
+        yield failures
+        yield CounterMetricFamily(
+            "expiry_escalations", "SIGKILLs sent after a softer signal went unheeded", value=stats.escalations
+        )
+        yield CounterMetricFamily(
+            "expiry_worker_exits", "Workers that exited while holding armed timers", value=stats.worker_exits
+        )
+        yield GaugeMetricFamily(
+            "expiry_last_kill_timestamp_seconds",
+            "Unix time of the last signal delivered",
+            value=stats.last_kill_time,
+        )
+
+
+def _info(version: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("expiry_build_info", "expiry-sidecar build", labels=["version"])
+    family.add_metric([version], 1)
+    return family
+
+
+class KillLatency(Listener):
+    """The kill-latency histogram: deadline to signal delivered."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "expiry_kill_latency_seconds",
+            "Seconds from a timer's deadline to its signal being delivered",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def after_kill(self, report: KillReport) -> None:
+        if report.outcome is kills.Outcome.DELIVERED:
+            self.histogram.observe(max(0.0, report.lateness))
+
+
+def make_registry(server: TimerServer) -> CollectorRegistry:
+    """A registry with the server's metrics; the kill-latency listener is attached to the server."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+    server.listeners.append(KillLatency(registry))
+    return registry

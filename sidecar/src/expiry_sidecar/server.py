@@ -1,0 +1,233 @@
+"""The timer server's logic: requests in, kills out. No FIFO, no sockets, no threads.
+
+The rules, in the order a request meets them:
+
+1. The byte stream is cut into lines; each line that is not a valid version-1 request is counted
+   as malformed and skipped; the lines around it are unaffected.
+2. A release disarms its (pid, scope). Releasing what is not armed is harmless.
+3. An acquire first attaches to its worker (see :mod:`.processes`): a request whose writer is
+   already gone, or whose pid now belongs to another process, arms nothing. Its wall-clock
+   expiration time becomes a monotonic deadline on arrival; re-acquiring a scope replaces it.
+4. When a deadline passes the timer expires. With a signal <= 0 that is all. Otherwise the worker
+   gets the signal (``kill_signal`` overrides the client's choice) unless it is protected, and all
+   of its timers are cleared: a worker is killed once, however many of its timers expired.
+5. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
+   gets SIGKILL.
+6. A worker that exits disarms all its timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as signals
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from expiry.wire import MalformedRequest, Request, decode
+
+from expiry_sidecar import kills, processes
+from expiry_sidecar.lines import LineSplitter
+from expiry_sidecar.processes import NotAttached, Worker
+from expiry_sidecar.timers import Timer, TimerBook
+
+log = logging.getLogger("expiry.sidecar")
+
+ESCALATION_SCOPE = "\0expiry:escalation"
+"""The scope of the SIGKILL armed after a softer signal; disarmed when the worker exits."""
+
+
+@dataclass
+class Stats:
+    acquires: int = 0
+    releases: int = 0
+    malformed: int = 0
+    stale: int = 0
+    """Acquires whose writer was gone (or its pid reused) by the time they were read."""
+    expirations: int = 0
+    escalations: int = 0
+    worker_exits: int = 0
+    kills: Counter[str] = field(default_factory=Counter)
+    kill_failures: Counter[str] = field(default_factory=Counter)
+    last_kill_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class KillReport:
+    worker: Worker
+    scope_id: str
+    signal: int
+    outcome: kills.Outcome
+    lateness: float
+    """Seconds from the deadline to the signal (to the refusal, when refused)."""
+    escalation: bool = False
+
+
+class Listener:
+    """Told about kills as they happen: metrics, logs, Kubernetes Events, stack dumps."""
+
+    def before_kill(self, worker: Worker, timer: Timer) -> None:
+        """Called just before the signal goes out; may take a moment (e.g. a stack dump)."""
+
+    def after_kill(self, report: KillReport) -> None:
+        """Called once per signal attempted, delivered or not."""
+
+
+@dataclass
+class Clock:
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+
+
+class TimerServer:
+    def __init__(
+        self,
+        *,
+        kill_signal: int | None = None,
+        escalate_after: float = 10.0,
+        listeners: Iterable[Listener] = (),
+        clock: Clock | None = None,
+        attach: Callable[[int, int | None], Worker] = processes.attach,
+        send: Callable[[Worker, int], kills.Outcome] = kills.send,
+        on_watch: Callable[[Worker], None] = lambda worker: None,
+        on_unwatch: Callable[[Worker], None] = lambda worker: None,
+    ) -> None:
+        self.kill_signal = kill_signal
+        self.escalate_after = escalate_after
+        self.listeners = list(listeners)
+        self.clock = clock or Clock()
+        self.book = TimerBook()
+        self.workers: dict[int, Worker] = {}
+        self.stats = Stats()
+        self._attach = attach
+        self._send = send
+        self._on_watch = on_watch
+        self._on_unwatch = on_unwatch
+        self._lines = LineSplitter()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def receive(self, chunk: bytes) -> None:
+        """Take a chunk of the FIFO's byte stream, however it is cut."""
+        lines, oversized = self._lines.feed(chunk)
+        self.stats.malformed += oversized
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        first_error = None
+        bad = oversized
+        for line in lines:
+            try:
+                request = decode(line)
+            except MalformedRequest as exc:
+                bad += 1
+                first_error = first_error or (exc, line)
+                continue
+            self.apply(request, mono, wall)
+        self.stats.malformed += bad - oversized
+        if bad:
+            why, line = first_error or ("longer than any request can be", b"")
+            log.warning(
+                "skipped %d malformed line(s); first: %s",
+                bad,
+                why,
+                extra={"malformed": bad, "example": line[:120].decode(errors="replace")},
+            )
+
+    def apply(self, request: Request, mono: float, wall: float) -> None:
+        if request.is_release:
+            self.stats.releases += 1
+            self.book.release(request.pid, request.scope_id)
+            return
+        self.stats.acquires += 1
+        worker = self._worker(request.pid, request.starttime)
+        if worker is None:
+            return
+        deadline = mono + (request.expiration_time - wall)
+        self.book.arm(request.pid, request.scope_id, deadline, request.signal)
+
+    def _worker(self, pid: int, claimed_starttime: int | None) -> Worker | None:
+        worker = self.workers.get(pid)
+        if worker is not None:
+            if claimed_starttime is None or claimed_starttime == worker.starttime:
+                return worker
+            # A new process holds the pid: the one we knew must have exited.
+            self.worker_exited(pid)
+        try:
+            worker = self._attach(pid, claimed_starttime)
+        except NotAttached as exc:
+            self.stats.stale += 1
+            log.info("ignored a request from pid %d: %s", pid, exc.reason, extra={"pid": pid})
+            return None
+        self.workers[pid] = worker
+        self._on_watch(worker)
+        return worker
+
+    # -- deadlines -----------------------------------------------------------------------------
+
+    def seconds_to_next_deadline(self) -> float | None:
+        deadline = self.book.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+
+    def expire_due(self) -> None:
+        """Expire every timer whose deadline has passed, killing each worker at most once."""
+        killed: set[int] = set()
+        for timer in self.book.pop_due(self.clock.monotonic()):
+            escalation = timer.scope_id == ESCALATION_SCOPE
+            if not escalation:
+                self.stats.expirations += 1
+                log.info(
+                    "timer expired",
+                    extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal},
+                )
+            if timer.signal <= 0 or timer.pid in killed:
+                continue
+            killed.add(timer.pid)
+            self._kill(timer, escalation)
+
+    def _kill(self, timer: Timer, escalation: bool) -> None:
+        worker = self.workers[timer.pid]
+        sig = signals.SIGKILL if escalation else (self.kill_signal or timer.signal)
+        for listener in self.listeners:
+            listener.before_kill(worker, timer)
+        outcome = self._send(worker, sig)
+        report = KillReport(
+            worker, timer.scope_id, sig, outcome, self.clock.monotonic() - timer.deadline, escalation
+        )
+        self.book.forget(worker.pid)
+        if outcome is kills.Outcome.DELIVERED:
+            self.stats.kills[signal_name(sig)] += 1
+            self.stats.escalations += escalation
+            self.stats.last_kill_time = self.clock.wall()
+            if sig != signals.SIGKILL and self.escalate_after > 0:
+                deadline = self.clock.monotonic() + self.escalate_after
+                self.book.arm(worker.pid, ESCALATION_SCOPE, deadline, signals.SIGKILL)
+        else:
+            self.stats.kill_failures[outcome.value] += 1
+        for listener in self.listeners:
+            listener.after_kill(report)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def worker_exited(self, pid: int) -> None:
+        """The worker's process is gone: disarm its timers and stop watching it."""
+        worker = self.workers.pop(pid, None)
+        held = [t for t in self.book.forget(pid) if t.scope_id != ESCALATION_SCOPE]
+        if held:
+            self.stats.worker_exits += 1
+            log.info("worker exited holding %d timer(s)", len(held), extra={"pid": pid})
+        if worker is not None:
+            self._on_unwatch(worker)
+            worker.close()
+
+    def close(self) -> None:
+        for pid in list(self.workers):
+            worker = self.workers.pop(pid)
+            self._on_unwatch(worker)
+            worker.close()
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signals.Signals(sig).name
+    except ValueError:
+        return f"SIG{sig}"
