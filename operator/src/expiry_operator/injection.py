@@ -1,0 +1,315 @@
+"""The injection core: a Pod (a plain dict) in, the pod to admit or a denial out. No I/O.
+
+``admit`` never mutates its argument. For an already injected pod (one that carries the injection
+record) it strips what the record lists, injects afresh, and returns the input unchanged when the
+fresh injection is the same as the one already there, so reinvocation and restores are no-ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from expiry import names
+
+from expiry_operator import record as records
+from expiry_operator.options import (
+    CONTAINERS,
+    RECORD_ANNOTATION,
+    OptionError,
+    PodOptions,
+    is_enabled,
+    parse_options,
+)
+from expiry_operator.quantities import QuantityError, parse_quantity
+from expiry_operator.settings import SidecarSettings
+from expiry_operator.sidecar_spec import DUMP_DIR_ENV, Identity, SidecarPlan, sidecar_container
+
+Pod = dict[str, Any]
+BAD_REQUEST = 400
+FORBIDDEN = 403
+
+
+@dataclasses.dataclass(frozen=True)
+class Injected:
+    pod: Pod
+    changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Denied:
+    message: str
+    code: int
+
+
+Outcome = Injected | Skipped | Denied
+
+
+class _Deny(Exception):
+    def __init__(self, message: str, code: int = FORBIDDEN) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def admit(pod: Mapping[str, Any], settings: SidecarSettings, *, native_sidecars_supported: bool) -> Outcome:
+    """Decide what admission makes of ``pod``: inject it, leave it alone, or deny it."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if not is_enabled(annotations):
+        return Skipped(f'no {names.ENABLED_ANNOTATION}: "true" annotation')
+    try:
+        options = parse_options(annotations, settings)
+        result = _inject(pod, settings, options, native_sidecars_supported)
+    except OptionError as e:
+        return Denied(f"expiry: {e}", BAD_REQUEST)
+    except records.RecordError as e:
+        return Denied(f"expiry: {e}", BAD_REQUEST)
+    except _Deny as e:
+        return Denied(f"expiry: {e}", e.code)
+    if RECORD_ANNOTATION in annotations and _canonical(result) == _canonical(pod):
+        return Injected(pod=copy.deepcopy(dict(pod)), changed=False)
+    return Injected(pod=result, changed=True)
+
+
+def _inject(
+    original: Mapping[str, Any], settings: SidecarSettings, options: PodOptions, native_ok: bool
+) -> Pod:
+    pod: Pod = copy.deepcopy(dict(original))
+    metadata = pod.setdefault("metadata", {})
+    spec = pod.setdefault("spec", {})
+    _check_shape(spec)
+    _check_process_namespace(spec)
+    recorded = metadata.get("annotations", {}).get(RECORD_ANNOTATION)
+    if recorded is not None:
+        records.strip(pod, records.loads(recorded))
+
+    _check_reserved_name(spec)
+    trainers = _trainers(spec, options.containers)
+    native = {"true": True, "false": False}.get(options.native_sidecar, native_ok)
+    plan = SidecarPlan(
+        options=options,
+        identity=_identity(spec, trainers),
+        volume=_free_name(names.VOLUME_NAME, (v.get("name") for v in spec.get("volumes", []))),
+        metrics_port=_free_port(settings.metrics_port, spec),
+        native=native,
+        exit_when_alone=not native and spec.get("restartPolicy", "Always") != "Always",
+        guaranteed_qos=_is_guaranteed(spec),
+    )
+    sidecar = sidecar_container(settings, plan)
+    record = records.Record(
+        containers=() if native else (sidecar["name"],),
+        init_containers=(sidecar["name"],) if native else (),
+        volumes=(plan.volume,),
+        env={},
+        volume_mounts={},
+        share_process_namespace="shareProcessNamespace" not in spec,
+    )
+    env_added, mounts_added = {}, {}
+    for trainer in trainers:
+        env_added[trainer["name"]] = _add_env(trainer, _trainer_env(options))
+        _add_mount(trainer, plan.volume)
+        mounts_added[trainer["name"]] = (plan.volume,)
+    record = dataclasses.replace(record, env=env_added, volume_mounts=mounts_added)
+
+    spec.setdefault("initContainers" if native else "containers", []).append(sidecar)
+    spec.setdefault("volumes", []).append({"name": plan.volume, "emptyDir": {}})
+    spec["shareProcessNamespace"] = True
+    metadata.setdefault("labels", {})[names.INJECTED_LABEL] = "true"
+    metadata.setdefault("annotations", {}).update(
+        {names.STATUS_ANNOTATION: names.INJECTED, RECORD_ANNOTATION: record.dumps()}
+    )
+    return pod
+
+
+def _check_shape(spec: Mapping[str, Any]) -> None:
+    """Reject what is not a pod at all (the API server never sends one; a CLI user might)."""
+    for field in ("containers", "initContainers", "volumes"):
+        items = spec.get(field) or []
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
+        ):
+            raise _Deny(f"spec.{field} must be a list of objects with a name", BAD_REQUEST)
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        for field in ("env", "volumeMounts", "ports"):
+            if not isinstance(container.get(field) or [], list):
+                raise _Deny(f"container {container['name']}: {field} must be a list", BAD_REQUEST)
+
+
+def _check_process_namespace(spec: Mapping[str, Any]) -> None:
+    if spec.get("hostPID") is True:
+        raise _Deny(
+            "pod has hostPID: true; the sidecar would then see (and could signal) every process "
+            "on the node, so expiry refuses to inject it. Remove hostPID or the "
+            f"{names.ENABLED_ANNOTATION} annotation."
+        )
+    if spec.get("shareProcessNamespace") is False:
+        raise _Deny(
+            "pod sets shareProcessNamespace: false, but the sidecar must share the pod's process "
+            "namespace to see and signal the trainer. Remove that field (expiry sets it to true) "
+            f"or the {names.ENABLED_ANNOTATION} annotation."
+        )
+    if (spec.get("os") or {}).get("name") == "windows":
+        raise _Deny("pod runs on Windows (spec.os.name: windows); the expiry sidecar supports Linux only.")
+
+
+def _check_reserved_name(spec: Mapping[str, Any]) -> None:
+    for field in ("containers", "initContainers", "ephemeralContainers"):
+        if any(c.get("name") == names.SIDECAR_CONTAINER for c in spec.get(field) or []):
+            raise _Deny(
+                f"pod already has a container named {names.SIDECAR_CONTAINER} in {field}, but no "
+                f"{RECORD_ANNOTATION} record saying expiry injected it; that name is reserved for the "
+                "injected sidecar: rename the container.",
+                BAD_REQUEST,
+            )
+
+
+def _trainers(spec: Mapping[str, Any], wanted: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = spec.get("containers") or []
+    if not containers:
+        raise _Deny("pod has no containers to protect", BAD_REQUEST)
+    if wanted is None:
+        return containers
+    by_name = {c.get("name"): c for c in containers}
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise _Deny(
+            f"annotation {CONTAINERS}: {', '.join(unknown)} is not a container of this pod; "
+            f"expected names among: {', '.join(str(name) for name in by_name)}",
+            BAD_REQUEST,
+        )
+    return [by_name[name] for name in dict.fromkeys(wanted)]
+
+
+def _effective(spec: Mapping[str, Any], container: Mapping[str, Any], field: str) -> Any:
+    """A security-context field as the container gets it: its own value over the pod's."""
+    own = (container.get("securityContext") or {}).get(field)
+    return own if own is not None else (spec.get("securityContext") or {}).get(field)
+
+
+def _identity(spec: Mapping[str, Any], trainers: list[dict[str, Any]]) -> Identity:
+    """The uid the sidecar must share with the trainers to signal them with no capability at all."""
+    uids = {t["name"]: _effective(spec, t, "runAsUser") for t in trainers}
+    if len(set(uids.values())) > 1:
+        listed = ", ".join(f"{name} (runAsUser {uid})" for name, uid in uids.items())
+        raise _Deny(
+            f"trainer containers run as different users: {listed}. Without CAP_KILL the sidecar can "
+            f"signal one uid only; run the trainers as one uid, or list the ones to protect in {CONTAINERS}."
+        )
+    uid = next(iter(uids.values()))
+    if uid is None and any(_effective(spec, t, "runAsNonRoot") is True for t in trainers):
+        raise _Deny(
+            "the trainer must run as non-root (runAsNonRoot: true) but its uid is left to the image, so "
+            "the sidecar cannot be given the same uid, and the capability to signal other users "
+            "(CAP_KILL) is not allowed under the restricted Pod Security level. Set "
+            "securityContext.runAsUser on the pod or on its trainer containers."
+        )
+    gids = {_effective(spec, t, "runAsGroup") for t in trainers}
+    return Identity(uid=uid, gid=gids.pop() if len(gids) == 1 else None)
+
+
+def _free_name(wanted: str, taken: Iterable[str | None]) -> str:
+    used = set(taken)
+    candidates = (wanted if n == 0 else f"{wanted}-{n}" for n in range(len(used) + 1))
+    return next(name for name in candidates if name not in used)
+
+
+def _free_port(wanted: int, spec: Mapping[str, Any]) -> int:
+    """The configured metrics port, or the next one no container of the pod declares."""
+    used = {
+        port.get("containerPort")
+        for field in ("containers", "initContainers")
+        for container in spec.get(field) or []
+        for port in container.get("ports") or []
+    }
+    port = wanted
+    while port in used:
+        port += 1
+    return port
+
+
+def _trainer_env(options: PodOptions) -> list[tuple[str, str]]:
+    env = [(names.TIMER_FILE_ENV, names.FIFO_PATH)]
+    if options.stack_dumps != "off":
+        env.append((DUMP_DIR_ENV, names.DUMP_DIR))
+    return env
+
+
+def _add_env(container: dict[str, Any], wanted: list[tuple[str, str]]) -> tuple[str, ...]:
+    """Add the variables the container lacks; the names added are recorded for a later strip."""
+    present = {item.get("name"): item for item in container.get("env") or []}
+    added = []
+    for name, value in wanted:
+        if name in present:
+            if present[name].get("value") != value:
+                raise _Deny(
+                    f"container {container['name']} already sets {name} to something else; expiry needs "
+                    f"it to be {value!r}. Remove it from the container (expiry sets it).",
+                    BAD_REQUEST,
+                )
+            continue
+        container.setdefault("env", []).append({"name": name, "value": value})
+        added.append(name)
+    return tuple(added)
+
+
+def _add_mount(container: dict[str, Any], volume: str) -> None:
+    mounts = container.setdefault("volumeMounts", [])
+    if any(m.get("mountPath", "").rstrip("/") == names.RUN_DIR for m in mounts):
+        raise _Deny(
+            f"container {container['name']} already mounts a volume at {names.RUN_DIR}, where expiry "
+            "mounts the timer FIFO's volume. Remove that mount.",
+            BAD_REQUEST,
+        )
+    mounts.append({"name": volume, "mountPath": names.RUN_DIR})
+
+
+def _is_guaranteed(spec: Mapping[str, Any]) -> bool:
+    """Whether the pod has the Guaranteed QoS class (every container's requests equal its limits)."""
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    for container in containers:
+        resources = container.get("resources") or {}
+        limits = resources.get("limits") or {}
+        requests = {**limits, **(resources.get("requests") or {})}
+        for resource in ("cpu", "memory"):
+            if resource not in limits or not _same_quantity(requests[resource], limits[resource]):
+                return False
+    return bool(containers)
+
+
+def _same_quantity(a: object, b: object) -> bool:
+    try:
+        return parse_quantity(str(a)) == parse_quantity(str(b))
+    except QuantityError:
+        return False
+
+
+_SORT_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+}
+
+
+def _canonical(value: Any) -> Any:
+    """The pod with its name-keyed lists sorted, so another webhook's reordering is no change."""
+    if isinstance(value, Mapping):
+        return {key: _canonical_field(key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def _canonical_field(key: str, value: Any) -> Any:
+    canonical = _canonical(value)
+    sort_key = _SORT_KEYS.get(key)
+    if sort_key is not None and isinstance(canonical, list) and all(isinstance(i, dict) for i in canonical):
+        return sorted(canonical, key=lambda entry: str(entry.get(sort_key, "")))
+    return canonical

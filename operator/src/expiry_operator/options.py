@@ -1,0 +1,147 @@
+"""Per-pod options: the ``expiry.io/*`` annotations, parsed and checked against their accepted values.
+
+Every error names the annotation, the value it got and what it accepts, because the message
+reaches the pod's owner verbatim as the reason the API server refused the pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from expiry import names
+
+from expiry_operator.quantities import ACCEPTED as ACCEPTED_QUANTITY
+from expiry_operator.quantities import QuantityError, parse_quantity
+from expiry_operator.settings import (
+    NATIVE_SIDECAR_MODES,
+    STACK_DUMP_MODES,
+    NativeSidecarMode,
+    SidecarSettings,
+    StackDumpMode,
+)
+
+P = names.ANNOTATION_PREFIX
+CONTAINERS = f"{P}containers"
+KILL_SIGNAL = f"{P}kill-signal"
+ESCALATE_AFTER = f"{P}escalate-after"
+SIDECAR_CPU = f"{P}sidecar-cpu"
+SIDECAR_MEMORY = f"{P}sidecar-memory"
+STACK_DUMPS = f"{P}stack-dumps"
+NATIVE_SIDECAR = f"{P}native-sidecar"
+EVENTS = f"{P}events"
+RECORD_ANNOTATION = f"{P}injection"
+"""What the operator injected (JSON), so re-admission strips exactly that before injecting again."""
+
+OWN_ANNOTATIONS = frozenset({names.ENABLED_ANNOTATION, names.STATUS_ANNOTATION, RECORD_ANNOTATION})
+SIGNAL_NAMES = tuple(sorted(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name))
+_BOOLEANS = ("true", "false")
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+
+class OptionError(ValueError):
+    """A per-pod annotation holds a value outside its accepted set; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PodOptions:
+    containers: tuple[str, ...] | None  # None: every regular container is a trainer
+    kill_signal: str  # "" = the signal the client asked for
+    escalate_after: float
+    sidecar_cpu: str | None
+    sidecar_memory: str | None
+    stack_dumps: StackDumpMode
+    native_sidecar: NativeSidecarMode
+    events: bool
+
+
+def is_enabled(annotations: Mapping[str, str]) -> bool:
+    return annotations.get(names.ENABLED_ANNOTATION) == "true"
+
+
+def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> PodOptions:
+    """Read the pod's options; an absent annotation takes the operator-wide default."""
+    unknown = sorted(key for key in annotations if key.startswith(P) and key not in _KNOWN)
+    if unknown:
+        raise OptionError(
+            f"unknown annotation {unknown[0]}: accepted expiry.io annotations are {', '.join(sorted(_KNOWN))}"
+        )
+
+    def read(key: str, parse: Callable[[str, str], T], default: T) -> T:
+        value = annotations.get(key)
+        return default if value is None else parse(key, value)
+
+    return PodOptions(
+        containers=read(CONTAINERS, _container_list, None),
+        kill_signal=read(KILL_SIGNAL, _signal_name, defaults.kill_signal),
+        escalate_after=read(ESCALATE_AFTER, _seconds, defaults.escalate_after),
+        sidecar_cpu=read(SIDECAR_CPU, _quantity, None),
+        sidecar_memory=read(SIDECAR_MEMORY, _quantity, None),
+        stack_dumps=read(STACK_DUMPS, _one_of(STACK_DUMP_MODES), defaults.stack_dumps),
+        native_sidecar=read(NATIVE_SIDECAR, _one_of(NATIVE_SIDECAR_MODES), defaults.native_sidecar),
+        events=read(EVENTS, _one_of(_BOOLEANS), "true" if defaults.events else "false") == "true",
+    )
+
+
+def _bad(key: str, value: str, accepted: str) -> OptionError:
+    return OptionError(f"annotation {key}: {value!r} is not accepted; expected {accepted}")
+
+
+def _container_list(key: str, value: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(","))
+    if not all(items):
+        raise _bad(key, value, "a comma-separated list of container names, e.g. 'trainer,worker'")
+    return items
+
+
+def _signal_name(key: str, value: str) -> str:
+    name = value.strip().upper()
+    if name and not name.startswith("SIG"):
+        name = f"SIG{name}"
+    if name not in SIGNAL_NAMES:
+        raise _bad(key, value, f"a signal name: {', '.join(SIGNAL_NAMES)}")
+    return name
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _bad(key, value, "a non-negative number of seconds, e.g. '30' (0 = never escalate)")
+    return seconds
+
+
+def _quantity(key: str, value: str) -> str:
+    try:
+        parse_quantity(value)
+    except QuantityError:
+        raise _bad(key, value, ACCEPTED_QUANTITY) from None
+    return value.strip()
+
+
+def _one_of(accepted: tuple[S, ...]) -> Callable[[str, str], S]:
+    def parse(key: str, value: str) -> S:
+        for candidate in accepted:
+            if candidate == value:
+                return candidate
+        raise _bad(key, value, " | ".join(accepted))
+
+    return parse
+
+
+_KNOWN = OWN_ANNOTATIONS | {
+    CONTAINERS,
+    KILL_SIGNAL,
+    ESCALATE_AFTER,
+    SIDECAR_CPU,
+    SIDECAR_MEMORY,
+    STACK_DUMPS,
+    NATIVE_SIDECAR,
+    EVENTS,
+}

@@ -1,0 +1,221 @@
+"""The operator's configuration file (camelCase YAML, every key optional) and its defaults.
+
+The chart mounts the file from a ConfigMap at /etc/expiry/operator.yaml. Loading is strict: an
+unknown key or a value of the wrong type is an error naming the key, so a typo in the chart's
+values never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from expiry import names
+
+from expiry_operator.quantities import QuantityError, parse_quantity
+
+NativeSidecarMode = Literal["auto", "true", "false"]
+StackDumpMode = Literal["off", "client", "py-spy"]
+NATIVE_SIDECAR_MODES: tuple[NativeSidecarMode, ...] = ("auto", "true", "false")
+STACK_DUMP_MODES: tuple[StackDumpMode, ...] = ("off", "client", "py-spy")
+DEFAULT_CONFIG_PATH = "/etc/expiry/operator.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a bad value; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarSettings:
+    image: str = "ghcr.io/expiry-io/expiry-sidecar:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
+        default_factory=lambda: {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    )
+    metrics_port: int = names.METRICS_PORT
+    native_sidecar: NativeSidecarMode = "auto"
+    kill_signal: str = ""
+    escalate_after: float = 10
+    stack_dumps: StackDumpMode = "off"
+    events: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSettings:
+    port: int = 8443
+    cert_file: str = "/etc/expiry/tls/tls.crt"
+    key_file: str = "/etc/expiry/tls/tls.key"
+
+
+@dataclasses.dataclass(frozen=True)
+class PortSettings:
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UnprotectedPodsSettings:
+    watch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    sidecar: SidecarSettings = dataclasses.field(default_factory=SidecarSettings)
+    webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
+    health: PortSettings = dataclasses.field(default_factory=lambda: PortSettings(port=8080))
+    metrics: PortSettings = dataclasses.field(default_factory=lambda: PortSettings(port=9465))
+    unprotected_pods: UnprotectedPodsSettings = dataclasses.field(default_factory=UnprotectedPodsSettings)
+
+
+def load_settings(path: str | Path | None) -> Settings:
+    """Read the YAML config file; ``None`` means all defaults."""
+    if path is None:
+        return Settings()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        document = yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    return settings_from_dict({} if document is None else document, source=str(path))
+
+
+def settings_from_dict(document: object, *, source: str = "config") -> Settings:
+    """Build Settings from an already parsed document (camelCase keys)."""
+    root = _Section(document, source)
+    sidecar = root.section("sidecar")
+    webhook = root.section("webhook")
+    health = root.section("health")
+    metrics = root.section("metrics")
+    unprotected = root.section("unprotectedPods")
+    root.reject_unknown()
+    defaults = Settings()
+    result = Settings(
+        sidecar=SidecarSettings(
+            image=sidecar.text("image", defaults.sidecar.image),
+            image_pull_policy=sidecar.choice(
+                "imagePullPolicy", defaults.sidecar.image_pull_policy, ("Always", "IfNotPresent", "Never")
+            ),
+            resources=sidecar.resources("resources", defaults.sidecar.resources),
+            metrics_port=sidecar.port("metricsPort", defaults.sidecar.metrics_port),
+            native_sidecar=sidecar.choice(
+                "nativeSidecar", defaults.sidecar.native_sidecar, NATIVE_SIDECAR_MODES
+            ),
+            kill_signal=sidecar.text("killSignal", defaults.sidecar.kill_signal),
+            escalate_after=sidecar.seconds("escalateAfter", defaults.sidecar.escalate_after),
+            stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
+            events=sidecar.flag("events", defaults.sidecar.events),
+        ),
+        webhook=WebhookSettings(
+            port=webhook.port("port", defaults.webhook.port),
+            cert_file=webhook.text("certFile", defaults.webhook.cert_file),
+            key_file=webhook.text("keyFile", defaults.webhook.key_file),
+        ),
+        health=PortSettings(port=health.port("port", defaults.health.port)),
+        metrics=PortSettings(port=metrics.port("port", defaults.metrics.port)),
+        unprotected_pods=UnprotectedPodsSettings(
+            watch=unprotected.flag("watch", defaults.unprotected_pods.watch)
+        ),
+    )
+    for section in (sidecar, webhook, health, metrics, unprotected):
+        section.reject_unknown()
+    return result
+
+
+class _Section:
+    """One mapping of the config document; remembers which keys were read to reject the others."""
+
+    def __init__(self, value: object, path: str) -> None:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
+        self._value: Mapping[Any, Any] = value
+        self._path = path
+        self._read: set[str] = set()
+
+    def _get(self, key: str) -> object:
+        self._read.add(key)
+        return self._value.get(key)
+
+    def _name(self, key: str) -> str:
+        return f"{self._path}.{key}"
+
+    def section(self, key: str) -> _Section:
+        return _Section(self._get(key), self._name(key))
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(str(key) for key in self._value if key not in self._read)
+        if unknown:
+            raise ConfigError(f"{self._path}: unknown key(s) {', '.join(unknown)}")
+
+    def text(self, key: str, default: str) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(f"{self._name(key)} must be a string, got {value!r}")
+        return value
+
+    def choice(self, key: str, default: Any, accepted: tuple[str, ...]) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool):  # YAML reads an unquoted true/false as a boolean
+            value = "true" if value else "false"
+        if value not in accepted:
+            raise ConfigError(f"{self._name(key)} must be one of {', '.join(accepted)}; got {value!r}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)} must be true or false, got {value!r}")
+        return value
+
+    def port(self, key: str, default: int) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise ConfigError(f"{self._name(key)} must be a port number 1-65535, got {value!r}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{self._name(key)} must be a non-negative number of seconds, got {value!r}")
+        return float(value)
+
+    def resources(
+        self, key: str, default: Mapping[str, Mapping[str, str]]
+    ) -> Mapping[str, Mapping[str, str]]:
+        value = self._get(key)
+        if value is None:
+            return default
+        section = _Section(value, self._name(key))
+        result = {kind: section.quantities(kind) for kind in ("requests", "limits")}
+        section.reject_unknown()
+        return {kind: quantities for kind, quantities in result.items() if quantities}
+
+    def quantities(self, key: str) -> Mapping[str, str]:
+        value = self._get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self._name(key)} must be a mapping of resource names to quantities")
+        result: dict[str, str] = {}
+        for name, quantity in value.items():
+            try:
+                parse_quantity(str(quantity))
+            except QuantityError as e:
+                raise ConfigError(f"{self._name(key)}.{name}: {e}") from e
+            result[str(name)] = str(quantity)
+        return result

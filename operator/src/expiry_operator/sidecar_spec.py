@@ -1,0 +1,139 @@
+"""The ``expiry-sidecar`` container as injected: command line, probes, resources, security context."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from expiry import names
+
+from expiry_operator.options import PodOptions
+from expiry_operator.quantities import parse_quantity
+from expiry_operator.settings import SidecarSettings
+
+POD_NAME_ENV = "EXPIRY_POD_NAME"
+POD_NAMESPACE_ENV = "EXPIRY_POD_NAMESPACE"
+DUMP_DIR_ENV = "EXPIRY_DUMP_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who the sidecar runs as: the trainer's uid/gid when known, else its image's user plus CAP_KILL."""
+
+    uid: int | None
+    gid: int | None
+
+    @property
+    def needs_kill_capability(self) -> bool:
+        return self.uid is None
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarPlan:
+    """Everything about this pod that shapes its sidecar."""
+
+    options: PodOptions
+    identity: Identity
+    volume: str
+    metrics_port: int
+    native: bool
+    exit_when_alone: bool
+    guaranteed_qos: bool
+
+
+def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str, Any]:
+    ready = {"path": "/readyz", "port": plan.metrics_port}
+    probe = {"httpGet": ready, "periodSeconds": 1, "failureThreshold": 60}
+    container: dict[str, Any] = {
+        "name": names.SIDECAR_CONTAINER,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": _args(settings, plan),
+        "env": [
+            {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": plan.metrics_port, "protocol": "TCP"}],
+        "resources": _resources(settings, plan),
+        "securityContext": _security_context(plan),
+        "volumeMounts": [{"name": plan.volume, "mountPath": names.RUN_DIR}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": plan.metrics_port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if plan.native:
+        # A native sidecar: kubelet starts the trainers only once the startup probe passes, and
+        # stops the sidecar after them, so a Job completes without the sidecar's help.
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = probe
+    else:
+        container["readinessProbe"] = probe
+    return container
+
+
+def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
+    options = plan.options
+    args = ["serve", "--fifo", names.FIFO_PATH, "--metrics-port", str(plan.metrics_port)]
+    args += ["--state-file", names.STATE_PATH, "--escalate-after", _number(options.escalate_after)]
+    if options.kill_signal:
+        args += ["--kill-signal", options.kill_signal]
+    if plan.exit_when_alone:
+        args.append("--exit-when-alone")
+    if options.events:
+        args.append("--events")
+    if options.stack_dumps != "off":
+        args += ["--stack-dumps", names.DUMP_DIR]
+    return args
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def _resources(settings: SidecarSettings, plan: SidecarPlan) -> dict[str, dict[str, str]]:
+    requests = dict(settings.resources.get("requests", {}))
+    limits = dict(settings.resources.get("limits", {}))
+    if plan.options.sidecar_cpu is not None:
+        requests["cpu"] = plan.options.sidecar_cpu
+    if plan.options.sidecar_memory is not None:
+        requests["memory"] = plan.options.sidecar_memory
+    for resource, request in requests.items():
+        # A request above the configured limit would make the pod invalid: the limit follows it.
+        if resource in limits and parse_quantity(request) > parse_quantity(limits[resource]):
+            limits[resource] = request
+    if plan.guaranteed_qos:
+        # Adding a container without limits = requests would silently demote a Guaranteed pod
+        # (exclusive CPUs under the static CPU manager, last to be evicted) to Burstable.
+        for resource in ("cpu", "memory"):
+            amount = limits.get(resource) or requests.get(resource)
+            if amount is not None:
+                requests[resource] = limits[resource] = amount
+    return {kind: values for kind, values in (("requests", requests), ("limits", limits)) if values}
+
+
+def _security_context(plan: SidecarPlan) -> dict[str, Any]:
+    added = []
+    if plan.identity.needs_kill_capability:
+        added.append("KILL")
+    if plan.options.stack_dumps == "py-spy":
+        added.append("SYS_PTRACE")
+    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
+    if added:
+        capabilities["add"] = added
+    context: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": capabilities,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if plan.identity.uid is not None:
+        context["runAsUser"] = plan.identity.uid
+        if plan.identity.uid != 0:
+            context["runAsNonRoot"] = True
+    if plan.identity.gid is not None:
+        context["runAsGroup"] = plan.identity.gid
+    return context
