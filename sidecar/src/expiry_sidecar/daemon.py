@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class KillLog(Listener):
             "outcome": report.outcome.value,
             "late_seconds": round(report.lateness, 6),
             "escalation": report.escalation,
-            "cmdline": worker.cmdline(),
+            "cmdline": worker.cmdline,
         }
         log.warning(
             "killed a stuck worker" if report.outcome == "delivered" else "could not kill", extra=fields
@@ -79,7 +80,11 @@ class Sidecar:
             self.http.start()
         log.info(
             "serving",
-            extra={"fifo": str(self.options.fifo), "metrics_port": self.http.port if self.http else None},
+            extra={
+                "fifo": str(self.options.fifo),
+                "metrics_port": self.http.port if self.http else None,
+                "pid": os.getpid(),
+            },
         )
         try:
             return self.loop.run(self.server, ready=self._ready)

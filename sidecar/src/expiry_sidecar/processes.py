@@ -35,6 +35,8 @@ class Worker:
     starttime: int
     pidfd: int | None
     """None on kernels without pidfd_open: then identity rests on the start time alone."""
+    cmdline: str = ""
+    """As it was when the sidecar attached: by the time a kill is reported /proc no longer has it."""
 
     def has_exited(self) -> bool:
         if self.pidfd is not None:
@@ -42,13 +44,6 @@ class Worker:
             poller.register(self.pidfd, select.POLLIN)
             return bool(poller.poll(0))
         return starttime(self.pid) != self.starttime
-
-    def cmdline(self) -> str:
-        try:
-            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
-                return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            return ""
 
     def close(self) -> None:
         if self.pidfd is not None:
@@ -65,7 +60,7 @@ def attach(pid: int, claimed_starttime: int | None = None) -> Worker:
     except OSError:  # ENOSYS: kernel older than 5.3; EINVAL/EPERM in odd sandboxes
         pidfd = None
     actual = starttime(pid)
-    worker = Worker(pid, actual if actual is not None else -1, pidfd)
+    worker = Worker(pid, actual if actual is not None else -1, pidfd, _cmdline(pid))
     # The start time was read after the pidfd was opened: if the pidfd's process is still alive now,
     # the pid still named it when /proc was read, so the start time is that process's own.
     if actual is None or worker.has_exited():
@@ -75,3 +70,11 @@ def attach(pid: int, claimed_starttime: int | None = None) -> Worker:
         worker.close()
         raise NotAttached(pid, "identity")
     return worker
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""

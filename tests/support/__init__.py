@@ -1,0 +1,1 @@
+"""Real stand-ins for what a cluster provides: a pod's shared PID namespace, a sidecar, a scrape."""

@@ -1,0 +1,73 @@
+"""A stand-in for a pod with ``shareProcessNamespace: true``: a fresh PID namespace.
+
+Its PID 1 behaves like the pause container (it reaps orphans and does nothing else); processes are
+started into the namespace with ``nsenter``, so they see each other, and only each other, under
+their namespace pids, exactly as the sidecar and the trainers of one pod do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PAUSE = "import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nwhile True:\n    signal.pause()\n"
+
+
+def can_make_pods() -> str | None:
+    """Why pods cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root for unshare --pid"
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        return "needs unshare and nsenter (util-linux)"
+    return None
+
+
+class Pod:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._unshare = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PAUSE],
+            start_new_session=True,
+        )
+        self.init_host_pid = self._wait_for_init()
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def _wait_for_init(self) -> int:
+        children = Path(f"/proc/{self._unshare.pid}/task/{self._unshare.pid}/children")
+        for _ in range(500):
+            pids = children.read_text().split()
+            if pids:
+                return int(pids[0])
+            time.sleep(0.01)
+        raise RuntimeError("the pod's PID 1 did not start")
+
+    def start(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen[str]:
+        """Start ``argv`` in the pod; the Popen is nsenter's, which exits as the process does."""
+        cmd = ["nsenter", f"--target={self.init_host_pid}", "--pid", "--mount", "--", *argv]
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("text", True)
+        process = subprocess.Popen(cmd, **popen)
+        self.processes.append(process)
+        return process
+
+    def python(self, *args: str, **popen: Any) -> subprocess.Popen[str]:
+        return self.start([sys.executable, *args], **popen)
+
+    def close(self) -> None:
+        """End the pod: when its PID 1 dies the kernel kills everything left in the namespace."""
+        os.kill(self.init_host_pid, signal.SIGKILL)
+        self._unshare.wait(timeout=10)
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            if process.stdout:
+                process.stdout.close()

@@ -1,0 +1,91 @@
+"""A training worker for the tests, run inside a pod: ``python worker.py ACTION [options]``.
+
+It prints ``pid N`` (its pid in the pod) first, then one line per step, flushing each, so a test
+can follow it. Actions:
+  hang      arm a block of --after seconds, print "armed", then hang inside it
+  blocks    run --count blocks of --after seconds, each doing nothing; print "done N"
+  nested    an outer block of --after seconds around an inner quick block; then hang in the outer
+  recurse   a decorated recursive function, --depth deep, the innermost hangs
+  exit      arm a block of --after seconds, print "armed", then exit without releasing
+  two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
+  torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from expiry import expires
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+def hang() -> None:
+    threading.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action")
+    parser.add_argument("--after", type=float, default=1.0)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--ignore-term", action="store_true")
+    args = parser.parse_args()
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    say("pid", os.getpid())
+
+    if args.action == "hang":
+        with expires(after=args.after):
+            say("armed")
+            hang()
+    elif args.action == "blocks":
+        for _ in range(args.count):
+            with expires(after=args.after):
+                pass
+        say("done", args.count)
+    elif args.action == "nested":
+        with expires(after=args.after):
+            with expires(after=3600):
+                say("inner")
+            say("armed")
+            hang()
+    elif args.action == "recurse":
+
+        @expires(after=args.after)
+        def descend(depth: int) -> None:
+            if depth == 0:
+                say("armed")
+                hang()
+            descend(depth - 1)
+
+        descend(args.depth)
+    elif args.action == "exit":
+        expires(after=args.after).__enter__()
+        say("armed")
+        os._exit(0)
+    elif args.action == "two":
+        with expires(after=3600, scope="long"), expires(after=args.after, scope="short"):
+            say("armed")
+            hang()
+    elif args.action == "torch":
+        from torch.distributed.elastic.timer import FileTimerClient, configure
+        from torch.distributed.elastic.timer import expires as torch_expires
+
+        configure(FileTimerClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
+        with torch_expires(after=args.after):
+            say("armed")
+            hang()
+    else:
+        sys.exit(f"unknown action {args.action}")
+
+
+if __name__ == "__main__":
+    main()
