@@ -52,7 +52,9 @@ def runbook_anchors() -> set[str]:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool is not on the PATH (Debian package 'prometheus'; scripts/bootstrap installs it)")
+        pytest.skip(
+            "promtool is not on the PATH (Debian package 'prometheus'; scripts/bootstrap installs it)"
+        )
     return path
 
 
@@ -107,7 +109,9 @@ def test_each_alert_is_tested_firing_and_silent(name: str) -> None:
     assert not all(cases), f"no promtool case where {name} stays silent"
 
 
-def promtool_test_with(tmp_path: Path, promtool: str, name: str, expr: str) -> subprocess.CompletedProcess[str]:
+def promtool_test_with(
+    tmp_path: Path, promtool: str, name: str, expr: str
+) -> subprocess.CompletedProcess[str]:
     """Run the unit tests against a copy of the rules in which alert ``name`` has expression ``expr``."""
     rules = load(RULES)
     for group in rules["groups"]:

@@ -1,0 +1,296 @@
+"""The Grafana dashboards: well-formed for Grafana, and fed by metrics that really exist.
+
+The structural checks read the JSON. The feed checks run a real ``expiry-sidecar serve`` in a real
+PID namespace (the ``pod``/``sidecar`` fixtures of tests/conftest.py), let it kill a real hanging
+worker, scrape its /metrics over HTTP, and require every metric a dashboard query or an alert rule
+names to be in that scrape, with every label the query filters or groups by.
+
+Queries are read by promql-parser, a real PromQL parser: Grafana's duration variables are replaced
+by durations first (``$namespace`` inside a label matcher's string is valid PromQL as it is).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+import yaml
+
+from tests.support.pod import Pod
+from tests.support.sidecar import Metrics, Sidecar, Worker
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "charts/expiry/dashboards").glob("*.json"))
+RULES = ROOT / "charts/expiry/rules/expiry-alerts.yaml"
+DATASOURCE_UID = "${datasource}"
+
+TARGET_LABELS = frozenset({"namespace", "pod", "container", "job", "instance", "endpoint", "service"})
+"""Labels Prometheus adds to every series from a PodMonitor/ServiceMonitor target."""
+RENAMED_LABELS = frozenset({"exported_namespace"})
+"""A metric's own ``namespace`` label, renamed by a scrape that does not honor labels."""
+PROMETHEUS_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
+"""Series Prometheus makes itself for each target."""
+OPERATOR_SERIES: dict[str, frozenset[str]] = {
+    "expiry_admissions_total": frozenset({"result"}),
+    "expiry_admission_duration_seconds_bucket": frozenset({"le"}),
+    "expiry_admission_duration_seconds_sum": frozenset(),
+    "expiry_admission_duration_seconds_count": frozenset(),
+    "expiry_unprotected_pods": frozenset({"namespace"}),
+}
+"""The operator's metrics as its contract names them (the operator is not scraped here)."""
+GRAFANA_DURATIONS = {"__rate_interval": "2m", "__interval": "30s", "__range": "6h"}
+SIDECAR_VARIABLES = ("namespace", "pod")
+
+
+# -- reading queries ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    where: str
+    """Dashboard, panel and target, for messages."""
+    promql: str
+    label: str | None = None
+    """For a ``label_values(selector, label)`` variable query: the label it lists."""
+
+    def parse(self) -> promql_parser.Expr:
+        text = re.sub(r"\$\{?(__\w+)\}?", lambda m: GRAFANA_DURATIONS.get(m[1], m[0]), self.promql)
+        try:
+            return promql_parser.parse(text)
+        except Exception as exc:
+            raise AssertionError(f"{self.where}: not valid PromQL: {self.promql!r}: {exc}") from exc
+
+
+def load_dashboard(path: Path) -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(path.read_text())
+    return dashboard
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, also those inside collapsed rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_queries(path: Path) -> Iterator[Query]:
+    dashboard = load_dashboard(path)
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            yield Query(f"{path.name}: panel {panel['title']!r} {target['refId']}", target["expr"])
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if "expr" in annotation:
+            yield Query(f"{path.name}: annotation {annotation['name']!r}", annotation["expr"])
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable["type"] == "query":
+            text = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            found = re.fullmatch(r"\s*label_values\((.+),\s*(\w+)\s*\)\s*", text)
+            assert found, f"{path.name}: variable {variable['name']}: expected label_values(selector, label)"
+            yield Query(f"{path.name}: variable {variable['name']!r}", found[1], label=found[2])
+
+
+def rule_queries() -> Iterator[Query]:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            yield Query(f"{RULES.name}: {rule.get('alert') or rule.get('record')}", rule["expr"])
+
+
+def all_queries() -> list[Query]:
+    return [query for path in DASHBOARDS for query in dashboard_queries(path)] + list(rule_queries())
+
+
+@dataclass
+class Uses:
+    """What one query asks of the metrics: names, and labels per name or per group of names."""
+
+    matchers: dict[str, set[str]] = field(default_factory=dict)
+    """metric name -> the label names its selectors match on."""
+    groupings: list[tuple[set[str], set[str]]] = field(default_factory=list)
+    """(labels an aggregation keeps or a binary operation matches on, the metrics under it)."""
+
+
+def selector_names(expr: promql_parser.Expr) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.MatrixSelector):
+            node = node.vector_selector
+        if isinstance(node, promql_parser.VectorSelector):
+            labels = {m.name for m in node.matchers.matchers}
+            name = node.name or next(
+                (
+                    m.value
+                    for m in node.matchers.matchers
+                    if m.name == "__name__" and m.op == promql_parser.MatchOp.Equal
+                ),
+                None,
+            )
+            assert name, f"name the metric, so it can be checked: {node}"
+            found.setdefault(name, set()).update(labels - {"__name__"})
+
+    promql_parser.walk(expr, visit)
+    return found
+
+
+def uses(query: Query) -> Uses:
+    expr = query.parse()
+    result = Uses(matchers=selector_names(expr))
+    if query.label is not None:
+        result.groupings.append(({query.label}, set(result.matchers)))
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            result.groupings.append((set(node.modifier.labels), set(selector_names(node.expr))))
+        if isinstance(node, promql_parser.BinaryExpr) and node.modifier and node.modifier.matching:
+            under = set(selector_names(node.lhs)) | set(selector_names(node.rhs))
+            result.groupings.append((set(node.modifier.matching.labels), under))
+
+    promql_parser.walk(expr, visit)
+    return result
+
+
+def test_reading_a_query_sees_through_functions_aggregations_and_matching() -> None:
+    query = Query(
+        "example",
+        'histogram_quantile(0.9, sum by (le, pod) (rate(a_bucket{reason!~"x|y"}[$__rate_interval])))'
+        ' / on (pod) group_left () max_over_time(b[1h]) or vector(0) > bool {__name__="c"}',
+    )
+    seen = uses(query)
+    assert seen.matchers == {"a_bucket": {"reason"}, "b": set(), "c": set()}
+    assert ({"le", "pod"}, {"a_bucket"}) in seen.groupings
+    assert ({"pod"}, {"a_bucket", "b"}) in seen.groupings
+
+
+# -- structure ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=DASHBOARDS, ids=[path.name for path in DASHBOARDS])
+def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
+    path: Path = request.param
+    return load_dashboard(path)
+
+
+def test_there_is_a_dashboard() -> None:
+    assert DASHBOARDS, "no dashboards in charts/expiry/dashboards"
+
+
+def test_panel_ids_are_unique(dashboard: dict[str, Any]) -> None:
+    ids = [panel["id"] for panel in panels(dashboard)]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(i for i in ids if ids.count(i) > 1)}"
+    assert dashboard.get("uid"), "a fixed uid keeps links to the dashboard stable across installs"
+
+
+def test_the_datasource_namespace_and_pod_variables_exist(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in SIDECAR_VARIABLES:
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"]["uid"] == DATASOURCE_UID
+        assert variable["multi"] and variable["includeAll"], f"${name} should allow several and all"
+    pod_query = variables["pod"]["query"]["query"]
+    assert '"$namespace"' in pod_query, "the pod list should follow the namespace selection"
+
+
+def test_every_panel_queries_the_datasource_variable(dashboard: dict[str, Any]) -> None:
+    for panel in panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == DATASOURCE_UID, f"panel {panel['title']!r}"
+        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == DATASOURCE_UID, (
+                f"panel {panel['title']!r} {target['refId']}"
+            )
+
+
+@pytest.mark.parametrize("query", all_queries(), ids=lambda query: query.where)
+def test_every_query_is_valid_promql(query: Query) -> None:
+    uses(query)
+
+
+def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
+    for path in DASHBOARDS:
+        for query in dashboard_queries(path):
+            for name, labels in uses(query).matchers.items():
+                if name in OPERATOR_SERIES or query.label is not None:
+                    continue
+                assert set(SIDECAR_VARIABLES) <= labels, f"{query.where}: {name} ignores $namespace/$pod"
+                for variable in SIDECAR_VARIABLES:
+                    assert f'{variable}=~"${variable}"' in query.promql, f"{query.where}: use {variable}=~"
+
+
+# -- the real feed --------------------------------------------------------------------------------
+
+
+def exported_labels(metrics: Metrics) -> dict[str, frozenset[str]]:
+    """Series name -> its label names, as Prometheus would store the scrape (before target labels)."""
+    labels: dict[str, set[str]] = {}
+    for name, pairs in metrics.samples:
+        labels.setdefault(name, set()).update(label for label, _ in pairs)
+    return {name: frozenset(names) for name, names in labels.items()}
+
+
+@pytest.fixture
+def scraped(sidecar: Callable[..., Sidecar], pod: Pod) -> dict[str, frozenset[str]]:
+    """A real sidecar's series after it killed a real stuck worker, while another still holds a timer."""
+    server = sidecar()
+    holder = Worker(pod, server.fifo, "hang", "--after", "3600")
+    holder.expect("armed")
+    stuck = Worker(pod, server.fifo, "hang", "--after", "0.2")
+    stuck.expect("armed")
+    assert stuck.wait() == -signal.SIGKILL
+    metrics = server.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
+    assert holder.alive()
+    return exported_labels(metrics)
+
+
+def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> list[str]:
+    """What each query asks for that no series has: unknown names, unknown labels."""
+    known = {**sidecar_series, **OPERATOR_SERIES, **PROMETHEUS_SERIES}
+    added = TARGET_LABELS | RENAMED_LABELS
+    problems = []
+    for query in queries:
+        seen = uses(query)
+        for name, labels in seen.matchers.items():
+            if name not in known:
+                problems.append(f"{query.where}: no series {name}")
+            elif labels - known[name] - added:
+                problems.append(f"{query.where}: {name} has no label {sorted(labels - known[name] - added)}")
+        for labels, under in seen.groupings:
+            if not under <= known.keys():
+                continue  # reported above
+            have = set(added).union(*(known[name] for name in under))
+            if labels - have:
+                problems.append(f"{query.where}: no label {sorted(labels - have)} on {sorted(under)}")
+    return problems
+
+
+def test_a_real_sidecar_feeds_every_dashboard_query(scraped: dict[str, frozenset[str]]) -> None:
+    queries = [query for path in DASHBOARDS for query in dashboard_queries(path)]
+    problems = missing(queries, scraped)
+    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scraped)}"])
+
+
+def test_a_real_sidecar_feeds_every_alert_rule(scraped: dict[str, frozenset[str]]) -> None:
+    problems = missing(list(rule_queries()), scraped)
+    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scraped)}"])
+
+
+def test_the_check_notices_a_metric_the_sidecar_does_not_export(scraped: dict[str, frozenset[str]]) -> None:
+    wrong = [
+        Query("misspelt", 'sum(rate(expiry_kill_total{namespace=~"$namespace"}[5m]))'),
+        Query("wrong label", "sum by (sig) (expiry_kills_total)"),
+    ]
+    assert missing(wrong, scraped) == [
+        "misspelt: no series expiry_kill_total",
+        "wrong label: no label ['sig'] on ['expiry_kills_total']",
+    ]
