@@ -113,7 +113,10 @@ class Uses:
     matchers: dict[str, set[str]] = field(default_factory=dict)
     """metric name -> the label names its selectors match on."""
     groupings: list[tuple[set[str], set[str]]] = field(default_factory=list)
-    """(labels an aggregation keeps or a binary operation matches on, the metrics under it)."""
+    """(labels an aggregation keeps, a binary operation matches on or label_replace reads, the metrics
+    under it)."""
+    made: set[str] = field(default_factory=set)
+    """Labels the query makes itself with label_replace/label_join."""
 
 
 def selector_names(expr: promql_parser.Expr) -> dict[str, set[str]]:
@@ -151,6 +154,13 @@ def uses(query: Query) -> Uses:
         if isinstance(node, promql_parser.BinaryExpr) and node.modifier and node.modifier.matching:
             under = set(selector_names(node.lhs)) | set(selector_names(node.rhs))
             result.groupings.append((set(node.modifier.matching.labels), under))
+        if isinstance(node, promql_parser.Call) and node.func.name in ("label_replace", "label_join"):
+            # (vector, destination, replacement or separator, source labels...)
+            result.made.add(node.args[1].val)
+            sources = {
+                arg.val for arg in node.args[3:] if node.func.name == "label_join" or arg is node.args[3]
+            }
+            result.groupings.append((sources, set(selector_names(node.args[0]))))
 
     promql_parser.walk(expr, visit)
     return result
@@ -160,12 +170,15 @@ def test_reading_a_query_sees_through_functions_aggregations_and_matching() -> N
     query = Query(
         "example",
         'histogram_quantile(0.9, sum by (le, pod) (rate(a_bucket{reason!~"x|y"}[$__rate_interval])))'
-        ' / on (pod) group_left () max_over_time(b[1h]) or vector(0) > bool {__name__="c"}',
+        ' / on (pod) group_left () max_over_time(b[1h]) or vector(0) > bool {__name__="c"}'
+        ' or max by (n) (label_replace(d, "n", "$1", "src", "(.*)"))',
     )
     seen = uses(query)
-    assert seen.matchers == {"a_bucket": {"reason"}, "b": set(), "c": set()}
+    assert seen.matchers == {"a_bucket": {"reason"}, "b": set(), "c": set(), "d": set()}
     assert ({"le", "pod"}, {"a_bucket"}) in seen.groupings
     assert ({"pod"}, {"a_bucket", "b"}) in seen.groupings
+    assert ({"src"}, {"d"}) in seen.groupings
+    assert seen.made == {"n"}
 
 
 # -- structure ------------------------------------------------------------------------------------
@@ -231,26 +244,34 @@ def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
 # -- the real feed --------------------------------------------------------------------------------
 
 
-def exported_labels(metrics: Metrics) -> dict[str, frozenset[str]]:
-    """Series name -> its label names, as Prometheus would store the scrape (before target labels)."""
-    labels: dict[str, set[str]] = {}
-    for name, pairs in metrics.samples:
-        labels.setdefault(name, set()).update(label for label, _ in pairs)
-    return {name: frozenset(names) for name, names in labels.items()}
+@dataclass(frozen=True)
+class Scrapes:
+    before: Metrics
+    """Once the sidecar is ready and a worker holds a timer, before anything expired."""
+    after: Metrics
+    """After it killed a stuck worker, while the other worker still holds its timer."""
+
+    def series(self) -> dict[str, frozenset[str]]:
+        """Series name -> its label names, as Prometheus stores them (before adding target labels)."""
+        labels: dict[str, set[str]] = {}
+        for name, pairs in self.after.samples:
+            labels.setdefault(name, set()).update(label for label, _ in pairs)
+        return {name: frozenset(names) for name, names in labels.items()}
 
 
 @pytest.fixture
-def scraped(sidecar: Callable[..., Sidecar], pod: Pod) -> dict[str, frozenset[str]]:
-    """A real sidecar's series after it killed a real stuck worker, while another still holds a timer."""
+def scrapes(sidecar: Callable[..., Sidecar], pod: Pod) -> Scrapes:
+    """A real sidecar's /metrics before and after it killed a real stuck worker."""
     server = sidecar()
     holder = Worker(pod, server.fifo, "hang", "--after", "3600")
     holder.expect("armed")
+    before = server.wait_metric("expiry_timers_active", 1)
     stuck = Worker(pod, server.fifo, "hang", "--after", "0.2")
     stuck.expect("armed")
     assert stuck.wait() == -signal.SIGKILL
-    metrics = server.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
+    after = server.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
     assert holder.alive()
-    return exported_labels(metrics)
+    return Scrapes(before, after)
 
 
 def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> list[str]:
@@ -268,29 +289,64 @@ def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> 
         for labels, under in seen.groupings:
             if not under <= known.keys():
                 continue  # reported above
-            have = set(added).union(*(known[name] for name in under))
+            have = added.union(seen.made, *(known[name] for name in under))
             if labels - have:
                 problems.append(f"{query.where}: no label {sorted(labels - have)} on {sorted(under)}")
     return problems
 
 
-def test_a_real_sidecar_feeds_every_dashboard_query(scraped: dict[str, frozenset[str]]) -> None:
-    queries = [query for path in DASHBOARDS for query in dashboard_queries(path)]
-    problems = missing(queries, scraped)
-    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scraped)}"])
+def dashboard_query_list() -> list[Query]:
+    return [query for path in DASHBOARDS for query in dashboard_queries(path)]
 
 
-def test_a_real_sidecar_feeds_every_alert_rule(scraped: dict[str, frozenset[str]]) -> None:
-    problems = missing(list(rule_queries()), scraped)
-    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scraped)}"])
+def test_a_real_sidecar_feeds_every_dashboard_query(scrapes: Scrapes) -> None:
+    problems = missing(dashboard_query_list(), scrapes.series())
+    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scrapes.series())}"])
 
 
-def test_the_check_notices_a_metric_the_sidecar_does_not_export(scraped: dict[str, frozenset[str]]) -> None:
+def test_a_real_sidecar_feeds_every_alert_rule(scrapes: Scrapes) -> None:
+    problems = missing(list(rule_queries()), scrapes.series())
+    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scrapes.series())}"])
+
+
+def test_the_check_notices_a_metric_the_sidecar_does_not_export(scrapes: Scrapes) -> None:
     wrong = [
         Query("misspelt", 'sum(rate(expiry_kill_total{namespace=~"$namespace"}[5m]))'),
         Query("wrong label", "sum by (sig) (expiry_kills_total)"),
     ]
-    assert missing(wrong, scraped) == [
+    assert missing(wrong, scrapes.series()) == [
         "misspelt: no series expiry_kill_total",
         "wrong label: no label ['sig'] on ['expiry_kills_total']",
     ]
+
+
+def rated(query: Query) -> set[str]:
+    """Names the query takes rate() or increase() of."""
+    names: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.Call) and node.func.name in ("rate", "irate", "increase"):
+            names.update(selector_names(node))
+
+    promql_parser.walk(query.parse(), visit)
+    return names
+
+
+def test_every_series_a_query_rates_exists_before_its_first_increment(scrapes: Scrapes) -> None:
+    """rate() and increase() cannot see a series' first sample as an increase: a counter that appears
+    with its first event (a label value first set then) hides that event from panels and alerts."""
+    names = set().union(*map(rated, [*dashboard_query_list(), *rule_queries()]))
+    late = sorted(
+        f"{name}{dict(labels)}"
+        for name, labels in scrapes.after.samples.keys() - scrapes.before.samples.keys()
+        if name in names
+    )
+    assert not late, f"series that appeared with the kill instead of starting at 0: {late}"
+
+
+def test_every_panel_is_described_in_the_docs(dashboard: dict[str, Any]) -> None:
+    headings = set(
+        re.findall(r"^### (.+?)\s*$", (ROOT / "docs/dashboards.md").read_text(), flags=re.MULTILINE)
+    )
+    titles = {panel["title"] for panel in panels(dashboard) if panel["type"] != "row"}
+    assert titles <= headings, f"docs/dashboards.md has no section for {sorted(titles - headings)}"
