@@ -12,10 +12,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from tests.chart.conftest import Helm
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts/expiry/rules/expiry-alerts.yaml"
@@ -109,21 +112,24 @@ def test_each_alert_is_tested_firing_and_silent(name: str) -> None:
     assert not all(cases), f"no promtool case where {name} stays silent"
 
 
-def promtool_test_with(
-    tmp_path: Path, promtool: str, name: str, expr: str
-) -> subprocess.CompletedProcess[str]:
-    """Run the unit tests against a copy of the rules in which alert ``name`` has expression ``expr``."""
-    rules = load(RULES)
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if rule.get("alert") == name:
-                rule["expr"] = expr
+def promtool_test(tmp_path: Path, promtool: str, rules: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run the unit tests against ``rules`` instead of the rule file."""
     (tmp_path / RULES.name).write_text(yaml.safe_dump(rules))
     tests = tmp_path / "tests"
     tests.mkdir()
     for path in RULE_TESTS:
         shutil.copy(path, tests / path.name)
     return run(promtool, "test", "rules", *(str(tests / path.name) for path in RULE_TESTS))
+
+
+def with_expr(name: str, expr: str) -> dict[str, Any]:
+    """The rules, with alert ``name``'s expression replaced by ``expr``."""
+    rules: dict[str, Any] = load(RULES)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                rule["expr"] = expr
+    return rules
 
 
 @pytest.mark.parametrize("name", alert_names())
@@ -133,6 +139,14 @@ def promtool_test_with(
 def test_the_unit_tests_catch_an_alert_that_is_broken(
     tmp_path: Path, promtool: str, name: str, broken: str, expr: str
 ) -> None:
-    result = promtool_test_with(tmp_path, promtool, name, expr)
+    result = promtool_test(tmp_path, promtool, with_expr(name, expr))
     assert result.returncode != 0, f"the promtool tests pass with {name} {broken}"
     assert f"alertname: {name}" in result.stdout + result.stderr
+
+
+def test_the_chart_ships_the_rules_unchanged(helm: Helm) -> None:
+    """The chart wraps the rule file into a PrometheusRule: the tested rules, alert templates and all."""
+    rendered = helm.render(
+        {"monitoring": {"prometheusRule": {"enabled": True}}}, api_versions=helm.monitoring_apis
+    )
+    assert rendered.one("PrometheusRule")["spec"]["groups"] == load(RULES)["groups"]
