@@ -1,5 +1,89 @@
-"""Placeholder until the operator issue lands."""
+"""``expiry-operator``: ``run`` serves the webhook; ``inject`` previews an injection offline."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from expiry_operator.cluster import parse_version, supports_native_sidecars
+from expiry_operator.preview import ManifestError, WouldDeny, inject_documents, load_documents, render
+from expiry_operator.settings import DEFAULT_CONFIG_PATH, ConfigError, load_settings
+
+EXIT_ERROR = 1
+EXIT_DENIED = 2
 
 
-def main() -> int:
-    raise SystemExit("expiry-operator: not built yet")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from expiry_operator.runner import run  # kopf and its dependencies only when serving
+
+            return run(load_settings(args.config), self_signed=args.self_signed)
+        return _inject(args)
+    except ConfigError as e:
+        print(f"expiry-operator: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _inject(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    try:
+        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text(encoding="utf-8")
+        documents = load_documents(text)
+        injected = inject_documents(
+            documents,
+            settings.sidecar,
+            native_sidecars_supported=supports_native_sidecars(args.kubernetes_version),
+        )
+    except OSError as e:
+        print(f"expiry-operator: cannot read {args.filename}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+    except ManifestError as e:
+        print(f"expiry-operator: {args.filename}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except WouldDeny as e:
+        print(f"expiry-operator: admission would deny {e}", file=sys.stderr)
+        return EXIT_DENIED
+    sys.stdout.write(render(injected, args.output))
+    return 0
+
+
+def _version(text: str) -> tuple[int, int]:
+    try:
+        return parse_version(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expiry-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve the mutating admission webhook (kopf)")
+    run.add_argument(
+        "--config",
+        help=f"operator config file (YAML; the chart mounts it at {DEFAULT_CONFIG_PATH}; default: built-in)",
+    )
+    run.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="local development: serve a generated self-signed certificate instead of the configured files",
+    )
+
+    inject = commands.add_parser("inject", help="print what admission would make of a manifest")
+    inject.add_argument(
+        "-f", "--filename", required=True, help="manifest file (YAML or JSON, multi-document; - = stdin)"
+    )
+    inject.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    inject.add_argument("--config", help="operator config file (YAML) whose sidecar settings to use")
+    inject.add_argument(
+        "--kubernetes-version",
+        type=_version,
+        default="1.29",
+        metavar="X.Y",
+        help="target cluster version, for nativeSidecar: auto (native sidecars from 1.29; default 1.29)",
+    )
+    return parser

@@ -48,6 +48,7 @@ class WebhookSettings:
     port: int = 8443
     cert_file: str = "/etc/expiry/tls/tls.crt"
     key_file: str = "/etc/expiry/tls/tls.key"
+    cert_reload_interval: float = 10.0  # seconds between checks of the files for a rotated certificate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             port=webhook.port("port", defaults.webhook.port),
             cert_file=webhook.text("certFile", defaults.webhook.cert_file),
             key_file=webhook.text("keyFile", defaults.webhook.key_file),
+            cert_reload_interval=webhook.seconds("certReloadInterval", defaults.webhook.cert_reload_interval),
         ),
         health=PortSettings(port=health.port("port", defaults.health.port)),
         metrics=PortSettings(port=metrics.port("port", defaults.metrics.port)),

@@ -1,0 +1,86 @@
+"""The kopf handlers: the mutating webhook ``expiry-inject`` and the unprotected-pod watch."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import kopf
+from expiry import names
+
+from expiry_operator import metrics
+from expiry_operator.injection import Denied, Injected, admit
+from expiry_operator.settings import Settings
+from expiry_operator.unprotected import EVENT_REASON, UnprotectedPods
+
+HANDLER_ID = "expiry-inject"  # the webhook path is /expiry-inject: the chart points there
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ClusterInfo:
+    """Learned from the API server once the operator has logged in (see webhook.ExpiryWebhookServer)."""
+
+    native_sidecars: bool = False
+    known: bool = False
+
+
+def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # kopf's own minimal logins: in a pod, the service account; elsewhere, $KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.mutate("pods", id=HANDLER_ID, operations=["CREATE"], registry=registry)
+    async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        try:
+            outcome = admit(dict(body), settings.sidecar, native_sidecars_supported=cluster.native_sidecars)
+        except Exception:
+            metrics.admissions.labels(result="error").inc()
+            logger.exception("injection failed for pod %s", _pod_name(body))
+            raise kopf.AdmissionError(
+                "expiry: internal error while injecting; see the operator's log", code=500
+            ) from None
+        if isinstance(outcome, Denied):
+            metrics.admissions.labels(result="denied").inc()
+            logger.info("denied pod %s: %s", _pod_name(body), outcome.message)
+            raise kopf.AdmissionError(outcome.message, code=outcome.code)
+        if isinstance(outcome, Injected) and outcome.changed:
+            patch.fns.append(_replace_with(outcome.pod))
+            metrics.admissions.labels(result="injected").inc()
+        else:
+            metrics.admissions.labels(result="skipped").inc()
+
+    if settings.unprotected_pods.watch:
+        unprotected = UnprotectedPods()
+
+        @kopf.on.event("pods", registry=registry)
+        async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+            if unprotected.observe(event.get("type"), body):
+                message = (
+                    f"pod is annotated {names.ENABLED_ANNOTATION}=true but runs without the expiry sidecar "
+                    "(the webhook was unavailable or bypassed when it was created): stuck workers will not "
+                    "be killed. Recreate the pod to have it injected."
+                )
+                kopf.warn(body, reason=EVENT_REASON, message=message)
+                logger.warning("unprotected pod %s: %s", _pod_name(body), message)
+            for namespace, count in unprotected.counts().items():
+                metrics.unprotected_pods.labels(namespace=namespace).set(count)
+
+    return registry
+
+
+def _replace_with(pod: dict[str, Any]) -> Any:
+    def replace(raw: Any) -> None:
+        raw.clear()
+        raw.update(pod)
+
+    return replace
+
+
+def _pod_name(body: Any) -> str:
+    metadata = body.get("metadata") or {}
+    return f"{metadata.get('namespace', '')}/{metadata.get('name') or metadata.get('generateName', '')}"

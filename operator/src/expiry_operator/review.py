@@ -1,0 +1,31 @@
+"""Checks on an incoming AdmissionReview before kopf sees it, so a bad body gets a clear 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+def review_problem(review: Any) -> str | None:
+    """What makes ``review`` unusable as an AdmissionReview request, or None if it is fine."""
+    if not isinstance(review, dict):
+        return f"expected an AdmissionReview object, got a JSON {type(review).__name__}"
+    if review.get("kind") != "AdmissionReview" or review.get("apiVersion") not in API_VERSIONS:
+        return f"expected kind AdmissionReview with apiVersion {' or '.join(API_VERSIONS)}"
+    request = review.get("request")
+    if not isinstance(request, dict):
+        return "request is missing or not an object"
+    if not isinstance(request.get("uid"), str) or not request["uid"]:
+        return "request.uid is missing"
+    resource = request.get("resource")
+    if not isinstance(resource, dict) or not all(
+        isinstance(resource.get(key), str) for key in ("group", "version", "resource")
+    ):
+        return "request.resource must be an object with group, version and resource strings"
+    if not isinstance(request.get("userInfo"), dict):
+        return "request.userInfo is missing or not an object"
+    new, old = request.get("object"), request.get("oldObject")
+    if not isinstance(new, dict) and not isinstance(old, dict):
+        return "request.object (or oldObject) is missing or not an object"
+    return None

@@ -1,0 +1,315 @@
+"""Real parts for operator tests and the webhook benchmark.
+
+* ``KubeApi``: kmock's Kubernetes emulator served over HTTP from a background thread; tests talk to
+  it over real HTTP like any client.
+* ``make_tls``: a CA and a serving certificate for 127.0.0.1/localhost (cryptography).
+* ``OperatorProcess``: the real ``expiry-operator run`` process, configured by a real config file,
+  logged in through a real kubeconfig, called over real TLS.
+
+Kept importable without pytest so ``bench/webhook_latency.py`` can reuse it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import requests
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_BIN = Path(sys.executable).parent / "expiry-operator"
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class KubeApi:
+    """kmock's KubernetesEmulator on a real TCP port, run by its own event loop in a thread."""
+
+    RESOURCES = {
+        "v1/pods": {"kind": "Pod", "namespaced": True},
+        "v1/events": {"kind": "Event", "namespaced": True},
+        "v1/namespaces": {"kind": "Namespace", "namespaced": False},
+    }
+    VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
+
+    def __init__(self, *, git_version: str = "v1.31.2") -> None:
+        self._git_version = git_version
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.url = ""
+        self._thread = threading.Thread(
+            target=self._loop.run_until_complete, args=(self._serve(),), daemon=True
+        )
+
+    def __enter__(self) -> KubeApi:
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("kmock did not start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+            for key, info in self.RESOURCES.items():
+                api.resources[key] = kmock.ResourceInfo(verbs=set(self.VERBS), **info)
+            major, minor = self._git_version.lstrip("v").split(".")[:2]
+            version = {
+                "major": major,
+                "minor": minor,
+                "gitVersion": self._git_version,
+                "platform": "linux/amd64",
+            }
+            api["get /version"] << version
+            self.url = str(server.url).rstrip("/")
+            self._started.set()
+            await self._stop.wait()
+
+    def kubeconfig(self, path: Path) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "kmock"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}],
+            "current-context": "kmock",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def create_pod(self, pod: dict[str, Any]) -> None:
+        namespace = pod["metadata"].get("namespace", "default")
+        reply = requests.post(f"{self.url}/api/v1/namespaces/{namespace}/pods", json=pod, timeout=10)
+        reply.raise_for_status()
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        requests.delete(
+            f"{self.url}/api/v1/namespaces/{namespace}/pods/{name}", timeout=10
+        ).raise_for_status()
+
+    def events(self, namespace: str) -> list[dict[str, Any]]:
+        reply = requests.get(f"{self.url}/api/v1/namespaces/{namespace}/events", timeout=10)
+        reply.raise_for_status()
+        return list(reply.json()["items"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Tls:
+    """A fresh CA, and a serving certificate it signed for ``names``, written as PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"expiry test CA {uuid.uuid4().hex[:8]}")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = Tls(ca=directory / "ca.crt", cert=directory / "tls.crt", key=directory / "tls.key")
+    tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tls.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return tls
+
+
+def admission_review(
+    pod: dict[str, Any], *, operation: str = "CREATE", uid: str | None = None
+) -> dict[str, Any]:
+    """What the API server POSTs to a mutating webhook for a pod."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid or str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": pod.get("metadata", {}).get("name", ""),
+            "namespace": pod.get("metadata", {}).get("namespace", "default"),
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:job-controller", "groups": []},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def decoded_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
+    payload = response["response"]
+    if "patch" not in payload:
+        return []
+    assert payload["patchType"] == "JSONPatch"
+    return list(yaml.safe_load(base64.b64decode(payload["patch"])))
+
+
+class OperatorProcess:
+    """``expiry-operator run`` as a real child process against ``api``, serving ``tls``."""
+
+    def __init__(
+        self, api: KubeApi, tls: Tls, workdir: Path, *, config: dict[str, Any] | None = None
+    ) -> None:
+        self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.tls = tls
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        document: dict[str, Any] = {
+            "webhook": {
+                "port": self.webhook_port,
+                "certFile": str(tls.cert),
+                "keyFile": str(tls.key),
+                "certReloadInterval": 0.2,
+            },
+            "health": {"port": self.health_port},
+            "metrics": {"port": self.metrics_port},
+        }
+        for section, values in (config or {}).items():
+            document.setdefault(section, {}).update(values)
+        self.config_path = workdir / "operator.yaml"
+        self.config_path.write_text(yaml.safe_dump(document))
+        self.log_path = workdir / "operator.log"
+        self._env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(workdir / "kubeconfig"))}
+        self._process: subprocess.Popen[bytes] | None = None
+        # verify= on each call: requests lets $REQUESTS_CA_BUNDLE override a Session's own setting
+        self.session = requests.Session()
+
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.webhook_port}/expiry-inject"
+
+    def start(self, timeout: float = 30) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [str(OPERATOR_BIN), "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"operator exited with {self._process.returncode}:\n{self.log()}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"operator not ready within {timeout}s:\n{self.log()}")
+
+    def stop(self) -> int | None:
+        if self._process is None or self._process.poll() is not None:
+            return None if self._process is None else self._process.returncode
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            return self._process.wait(15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def admit(self, pod: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        reply = self.post(json=admission_review(pod, **kwargs))
+        reply.raise_for_status()
+        return dict(reply.json())
+
+    def post(self, **kwargs: Any) -> requests.Response:
+        """POST to the webhook over TLS, verifying the server against the test CA."""
+        return self.session.post(self.url, verify=str(self.tls.ca), timeout=10, **kwargs)
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+
+
+@contextlib.contextmanager
+def running_operator(
+    workdir: Path, *, git_version: str = "v1.31.2", **kwargs: Any
+) -> Iterator[OperatorProcess]:
+    """kmock, TLS material and the operator, all started; for scripts that need the whole stack."""
+    with (
+        KubeApi(git_version=git_version) as api,
+        OperatorProcess(api, make_tls(workdir / "tls"), workdir, **kwargs) as op,
+    ):
+        yield op
