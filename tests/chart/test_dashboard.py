@@ -102,8 +102,12 @@ def rule_queries() -> Iterator[Query]:
             yield Query(f"{RULES.name}: {rule.get('alert') or rule.get('record')}", rule["expr"])
 
 
+def every_dashboard_query() -> list[Query]:
+    return [query for path in DASHBOARDS for query in dashboard_queries(path)]
+
+
 def all_queries() -> list[Query]:
-    return [query for path in DASHBOARDS for query in dashboard_queries(path)] + list(rule_queries())
+    return every_dashboard_query() + list(rule_queries())
 
 
 @dataclass
@@ -231,14 +235,13 @@ def test_every_query_is_valid_promql(query: Query) -> None:
 
 
 def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
-    for path in DASHBOARDS:
-        for query in dashboard_queries(path):
-            for name, labels in uses(query).matchers.items():
-                if name in OPERATOR_SERIES or query.label is not None:
-                    continue
-                assert set(SIDECAR_VARIABLES) <= labels, f"{query.where}: {name} ignores $namespace/$pod"
-                for variable in SIDECAR_VARIABLES:
-                    assert f'{variable}=~"${variable}"' in query.promql, f"{query.where}: use {variable}=~"
+    for query in every_dashboard_query():
+        for name, labels in uses(query).matchers.items():
+            if name in OPERATOR_SERIES or query.label is not None:
+                continue
+            assert set(SIDECAR_VARIABLES) <= labels, f"{query.where}: {name} ignores $namespace/$pod"
+            for variable in SIDECAR_VARIABLES:
+                assert f'{variable}=~"${variable}"' in query.promql, f"{query.where}: use {variable}=~"
 
 
 # -- the real feed --------------------------------------------------------------------------------
@@ -295,12 +298,8 @@ def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> 
     return problems
 
 
-def dashboard_query_list() -> list[Query]:
-    return [query for path in DASHBOARDS for query in dashboard_queries(path)]
-
-
 def test_a_real_sidecar_feeds_every_dashboard_query(scrapes: Scrapes) -> None:
-    problems = missing(dashboard_query_list(), scrapes.series())
+    problems = missing(every_dashboard_query(), scrapes.series())
     assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scrapes.series())}"])
 
 
@@ -335,7 +334,7 @@ def rated(query: Query) -> set[str]:
 def test_every_series_a_query_rates_exists_before_its_first_increment(scrapes: Scrapes) -> None:
     """rate() and increase() cannot see a series' first sample as an increase: a counter that appears
     with its first event (a label value first set then) hides that event from panels and alerts."""
-    names = set().union(*map(rated, [*dashboard_query_list(), *rule_queries()]))
+    names = set().union(*map(rated, [*every_dashboard_query(), *rule_queries()]))
     late = sorted(
         f"{name}{dict(labels)}"
         for name, labels in scrapes.after.samples.keys() - scrapes.before.samples.keys()
