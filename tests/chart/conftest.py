@@ -129,10 +129,11 @@ class Helm:
         *,
         kube_version: str | None = NEW_KUBE,
         api_versions: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """`helm template` (values go in on stdin); fails the test on error unless check=False."""
-        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra_args]
         result = self.run(*args, *self._flags(kube_version, api_versions), stdin=yaml.safe_dump(values or {}))
         if check and result.returncode != 0:
             pytest.fail(f"helm template failed:\n{result.stderr}")
@@ -144,8 +145,12 @@ class Helm:
         *,
         kube_version: str | None = NEW_KUBE,
         api_versions: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
     ) -> Rendered:
-        out = self.template(values, kube_version=kube_version, api_versions=api_versions).stdout
+        result = self.template(
+            values, kube_version=kube_version, api_versions=api_versions, extra_args=extra_args
+        )
+        out = result.stdout
         return Rendered([o for o in yaml.safe_load_all(out) if o])
 
     def lint(
