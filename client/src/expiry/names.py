@@ -12,6 +12,8 @@ RUN_DIR: Final = "/var/run/expiry"
 FIFO_PATH: Final = f"{RUN_DIR}/timer.fifo"
 STATE_PATH: Final = f"{RUN_DIR}/sidecar-state.json"
 DUMP_DIR: Final = f"{RUN_DIR}/dumps"
+DUMP_DIR_ENV: Final = "EXPIRY_DUMP_DIR"
+"""Set in trainers when stack dumps are on: the client then registers a faulthandler dump there."""
 
 SIDECAR_CONTAINER: Final = "expiry-sidecar"
 VOLUME_NAME: Final = "expiry-run"

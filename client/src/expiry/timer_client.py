@@ -7,7 +7,8 @@ passed wherever the other is expected. The differences are what happens undernea
 - a full pipe is waited out, a restarted server is reconnected to, and the timers this process has
   armed are re-armed on the new server (see :mod:`expiry.pipe`);
 - requests carry the writer's start time, so the server never mistakes a later process that
-  reuses the pid for the worker.
+  reuses the pid for the worker;
+- with ``$EXPIRY_DUMP_DIR`` set, acquires announce a stack-dump signal (see :mod:`expiry.dumps`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal as _signal
 import threading
 from collections.abc import Iterator
 
-from expiry import procstat
+from expiry import dumps, procstat
 from expiry.pipe import PipeWriter
 from expiry.wire import Request, encode
 
@@ -38,6 +39,7 @@ class FileTimerClient:
         )
         self._pid = os.getpid()
         self._starttime = procstat.starttime()
+        self._dump_signal = dumps.enable()
         self._armed: dict[str, bytes] = {}
         """scope -> the acquire line last sent for it, replayed after a reconnect."""
         self._armed_lock = threading.Lock()
@@ -66,12 +68,14 @@ class FileTimerClient:
     def _request(self, scope_id: str, expiration_time: float, signal: int) -> Request:
         if os.getpid() != self._pid:
             self._after_fork()
-        return Request(self._pid, scope_id, expiration_time, signal, self._starttime)
+        dump_signal = self._dump_signal if expiration_time >= 0 else None
+        return Request(self._pid, scope_id, expiration_time, signal, self._starttime, dump_signal)
 
     def _after_fork(self) -> None:
         """A forked child is a new worker: its own pid and start time, none of the parent's timers."""
         self._pid = os.getpid()
         self._starttime = procstat.starttime()
+        self._dump_signal = dumps.enable()
         self._armed_lock = threading.Lock()
         self._armed = {}
         self._pipe.after_fork()

@@ -9,7 +9,8 @@ A request is one JSON object on one line::
 - ``signal <= 0`` expires the timer without signalling anyone.
 - Extra keys are allowed and ignored by torch. expiry's client adds ``starttime``: the writer's start
   time in clock ticks since boot (field 22 of ``/proc/PID/stat``), so the server can tell the writer
-  from a later process that reuses its pid.
+  from a later process that reuses its pid; and, when it has registered a stack-dump handler (see
+  :mod:`expiry.dumps`), ``dump_signal``: the signal that makes it write its Python stacks.
 - A line goes out in one ``write()`` of at most ``PIPE_BUF`` bytes, which POSIX makes atomic: lines
   from concurrent writers never interleave.
 """
@@ -39,6 +40,7 @@ class Request:
     expiration_time: float
     signal: int
     starttime: int | None = None
+    dump_signal: int | None = None
 
     @property
     def is_release(self) -> bool:
@@ -56,6 +58,8 @@ def encode(request: Request) -> bytes:
     }
     if request.starttime is not None:
         fields["starttime"] = request.starttime
+    if request.dump_signal is not None:
+        fields["dump_signal"] = request.dump_signal
     line = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
     if len(line) > PIPE_BUF:
         raise ValueError(
@@ -95,7 +99,12 @@ def decode(line: bytes | str) -> Request:
     starttime = obj.get("starttime")
     if starttime is not None and (_integer(starttime) is None or starttime < 0):
         raise MalformedRequest(f"starttime must be a non-negative integer, not {starttime!r}")
-    return Request(pid, scope_id, float(expiration_time), sig, starttime)
+    dump_signal = obj.get("dump_signal")
+    if dump_signal is not None and not 0 < (_integer(dump_signal) or 0) < _signal.NSIG:
+        raise MalformedRequest(
+            f"dump_signal must be a signal number in 1..{_signal.NSIG - 1}, not {dump_signal!r}"
+        )
+    return Request(pid, scope_id, float(expiration_time), sig, starttime, dump_signal)
 
 
 def _integer(value: object) -> int | None:
