@@ -37,6 +37,8 @@ class Worker:
     """None on kernels without pidfd_open: then identity rests on the start time alone."""
     cmdline: str = ""
     """As it was when the sidecar attached: by the time a kill is reported /proc no longer has it."""
+    dump_signal: int | None = None
+    """The signal that makes the worker write its stacks, when its requests announced one."""
 
     def has_exited(self) -> bool:
         if self.pidfd is not None:

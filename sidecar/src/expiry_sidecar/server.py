@@ -142,6 +142,8 @@ class TimerServer:
         worker = self._worker(request.pid, request.starttime)
         if worker is None:
             return
+        if request.dump_signal is not None:
+            worker.dump_signal = request.dump_signal
         deadline = mono + (request.expiration_time - wall)
         self.book.arm(request.pid, request.scope_id, deadline, request.signal)
 
