@@ -7,6 +7,9 @@
   seconds instead of failing.
 - A reader that went away (EPIPE: the server restarted) drops the connection; the next write reopens
   it, first replaying the lines ``replay()`` returns (the caller's armed timers), then writing its own.
+- ``keep_open=False`` closes the pipe after every write, as torch's client does. torch's own
+  ``FileTimerServer`` needs that: it reads with a blocking ``readline()`` that returns only at a
+  newline or end-of-file, so a writer that stays open stalls its watchdog loop.
 - Python ignores SIGPIPE, so a lost reader is an exception, never the trainer's death, unless the
   program itself restored SIGPIPE's default action.
 """
@@ -41,8 +44,10 @@ class PipeWriter:
         connect_timeout: float = 5.0,
         full_timeout: float = 30.0,
         replay: Callable[[], Iterable[bytes]] | None = None,
+        keep_open: bool = True,
     ) -> None:
         self.path = path
+        self.keep_open = keep_open
         self.connect_timeout = connect_timeout
         self.full_timeout = full_timeout
         self._replay = replay
@@ -62,6 +67,8 @@ class PipeWriter:
                     self._disconnect(lost=True)
                     log.warning("expiry: timer server at %s went away; reconnecting", self.path)
                     continue
+                if not self.keep_open:
+                    self._disconnect(lost=False)
                 return
 
     def close(self) -> None:

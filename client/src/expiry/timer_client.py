@@ -3,7 +3,8 @@
 Same constructor and methods as ``torch.distributed.elastic.timer.FileTimerClient``, so either can be
 passed wherever the other is expected. The differences are what happens underneath:
 
-- the FIFO stays open between requests instead of being opened and closed for every one;
+- the FIFO stays open between requests instead of being opened and closed for every one (except
+  when torchrun's own FileTimerServer is the reader, which needs a writer that closes);
 - a full pipe is waited out, a restarted server is reconnected to, and the timers this process has
   armed are re-armed on the new server (see :mod:`expiry.pipe`);
 - requests carry the writer's start time, so the server never mistakes a later process that
@@ -22,6 +23,9 @@ from expiry import dumps, procstat
 from expiry.pipe import PipeWriter
 from expiry.wire import Request, encode
 
+TORCH_SERVER_ENV = "TORCHELASTIC_ENABLE_FILE_TIMER"
+"""Set by torchrun's elastic agent when it runs its own FileTimerServer for the workers."""
+
 
 class FileTimerClient:
     def __init__(
@@ -31,11 +35,20 @@ class FileTimerClient:
         *,
         connect_timeout: float = 5.0,
         full_timeout: float = 30.0,
+        keep_open: bool | None = None,
     ) -> None:
+        """``keep_open`` (default: True unless ``TORCHELASTIC_ENABLE_FILE_TIMER`` is set, i.e. the
+        server is torchrun's own FileTimerServer) keeps the FIFO open between requests."""
+        if keep_open is None:
+            keep_open = not os.environ.get(TORCH_SERVER_ENV)
         self._file_path = file_path
         self.signal = int(signal)
         self._pipe = PipeWriter(
-            file_path, connect_timeout=connect_timeout, full_timeout=full_timeout, replay=self._armed_lines
+            file_path,
+            connect_timeout=connect_timeout,
+            full_timeout=full_timeout,
+            replay=self._armed_lines,
+            keep_open=keep_open,
         )
         self._pid = os.getpid()
         self._starttime = procstat.starttime()

@@ -1,7 +1,8 @@
 """``--exit-when-alone``: for clusters without native sidecars, where the sidecar is a regular
 container and a Job's pod completes only when every container has exited.
 
-Once the sidecar has seen another process in the pod, and then sees none but itself, its own
+Once the sidecar has seen another process in the pod (or heard from a worker, however briefly it
+lived), and then sees none but itself, its own
 children and PID 1 (the pause process) for ``GRACE`` seconds in a row, it exits 0. The grace
 period covers a trainer container restarting.
 """
@@ -35,11 +36,13 @@ class Solitude:
         grace: float = GRACE,
         clock: Callable[[], float] = time.monotonic,
         list_others: Callable[[], list[int]] = others,
+        heard_from_workers: Callable[[], bool] = lambda: False,
     ) -> None:
         self.on_alone = on_alone
         self.grace = grace
         self.clock = clock
         self.list_others = list_others
+        self.heard_from_workers = heard_from_workers
         self.seen_company = False
         self.alone_since: float | None = None
 
@@ -48,7 +51,7 @@ class Solitude:
             self.seen_company = True
             self.alone_since = None
             return
-        if not self.seen_company:
+        if not (self.seen_company or self.heard_from_workers()):
             return
         now = self.clock()
         if self.alone_since is None:

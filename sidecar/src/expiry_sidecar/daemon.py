@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
-
 from expiry_sidecar import alone
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.http import HttpEndpoint, Probes
@@ -70,7 +69,11 @@ class Sidecar:
             else None
         )
         if options.exit_when_alone:
-            watch = alone.Solitude(on_alone=self.loop.stop, grace=options.alone_grace)
+            watch = alone.Solitude(
+                on_alone=self.loop.stop,
+                grace=options.alone_grace,
+                heard_from_workers=lambda: self.server.stats.acquires > 0,
+            )
             self.loop.periodic.append((alone.CHECK_INTERVAL, watch.check))
 
     def run(self) -> int:

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from expiry.wire import MalformedRequest, Request, decode
-
 from expiry_sidecar import kills, processes
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.processes import NotAttached, Worker

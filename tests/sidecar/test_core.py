@@ -1,0 +1,262 @@
+"""The timer server's rules, driven without I/O: a settable clock, and workers that are records."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from expiry.wire import Request, encode
+from expiry_sidecar.kills import Outcome
+from expiry_sidecar.lines import LineSplitter
+from expiry_sidecar.processes import NotAttached, Worker
+from expiry_sidecar.server import Clock, TimerServer
+from expiry_sidecar.timers import TimerBook
+
+
+class World:
+    """Processes that exist, signals that were sent, and the time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.alive: dict[int, int] = {}  # pid -> start time
+        self.signals: list[tuple[int, int]] = []
+        self.outcome = Outcome.DELIVERED
+
+    def attach(self, pid: int, starttime: int | None) -> Worker:
+        if pid not in self.alive:
+            raise NotAttached(pid, "gone")
+        if starttime is not None and starttime != self.alive[pid]:
+            raise NotAttached(pid, "identity")
+        return Worker(pid, self.alive[pid], None)
+
+    def send(self, worker: Worker, sig: int) -> Outcome:
+        if self.outcome is Outcome.DELIVERED:
+            self.signals.append((worker.pid, sig))
+        return self.outcome
+
+    def server(self, **options: object) -> TimerServer:
+        clock = Clock(monotonic=lambda: self.now, wall=lambda: self.now + 5e8)
+        return TimerServer(clock=clock, attach=self.attach, send=self.send, **options)  # type: ignore[arg-type]
+
+    def wall(self, seconds_from_now: float) -> float:
+        return self.now + 5e8 + seconds_from_now
+
+
+def line(pid: int, scope: str, expiration_time: float, sig: int = 9, starttime: int | None = None) -> bytes:
+    return encode(Request(pid, scope, expiration_time, sig, starttime))
+
+
+@pytest.fixture
+def world() -> World:
+    made = World()
+    made.alive = {10: 1, 11: 2, 12: 3}
+    return made
+
+
+def test_a_timer_fires_at_its_deadline_and_not_before(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "a", world.wall(2.0)))
+    assert server.seconds_to_next_deadline() == pytest.approx(2.0)
+    world.now += 1.999
+    server.expire_due()
+    assert world.signals == []
+    world.now += 0.001
+    server.expire_due()
+    assert world.signals == [(10, 9)]
+    assert len(server.book) == 0 and server.stats.expirations == 1
+
+
+def test_deadlines_follow_the_monotonic_clock_once_received(world: World) -> None:
+    wall_offset = 5e8
+    server = TimerServer(
+        clock=Clock(monotonic=lambda: world.now, wall=lambda: world.now + wall_offset),
+        attach=world.attach,
+        send=world.send,
+    )
+    server.receive(line(10, "a", world.now + wall_offset + 3))
+    wall_offset += 3600  # the wall clock jumps an hour ahead
+    world.now += 1
+    server.expire_due()
+    assert world.signals == []
+    world.now += 2
+    server.expire_due()
+    assert world.signals == [(10, 9)]
+
+
+def test_one_worker_is_killed_once_however_many_timers_expired(world: World) -> None:
+    server = world.server()
+    server.receive(
+        line(10, "a", world.wall(1)) + line(10, "b", world.wall(1)) + line(10, "c", world.wall(100))
+    )
+    world.now += 2
+    server.expire_due()
+    assert world.signals == [(10, 9)]
+    assert server.stats.expirations == 2
+    assert len(server.book) == 0, "the worker's other timers outlived its kill"
+
+
+def test_a_non_positive_signal_expires_without_killing(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "watch", world.wall(1), sig=0) + line(10, "guard", world.wall(50)))
+    world.now += 2
+    server.expire_due()
+    assert world.signals == []
+    assert server.stats.expirations == 1
+    assert len(server.book) == 1, "expiring a watch-only timer cleared the worker's others"
+
+
+def test_kill_signal_overrides_and_escalates_when_ignored(world: World) -> None:
+    server = world.server(kill_signal=signal.SIGTERM, escalate_after=5.0)
+    server.receive(line(10, "a", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    world.now += 5
+    server.expire_due()
+    assert world.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
+    assert server.stats.escalations == 1
+    assert server.stats.expirations == 1
+
+
+def test_an_exit_after_the_softer_signal_cancels_the_escalation(world: World) -> None:
+    server = world.server(kill_signal=signal.SIGTERM, escalate_after=5.0)
+    server.receive(line(10, "a", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    server.worker_exited(10)
+    world.now += 10
+    server.expire_due()
+    assert world.signals == [(10, signal.SIGTERM)]
+    assert server.stats.worker_exits == 0, "the escalation timer is not a timer the worker held"
+
+
+def test_release_and_release_of_an_unknown_scope(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "a", world.wall(1)) + line(10, "a", -1, 0) + line(10, "never", -1, 0))
+    world.now += 2
+    server.expire_due()
+    assert world.signals == []
+    assert (server.stats.acquires, server.stats.releases) == (1, 2)
+
+
+def test_reacquiring_a_scope_moves_its_deadline(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "a", world.wall(1)) + line(10, "a", world.wall(10)))
+    world.now += 5
+    server.expire_due()
+    assert world.signals == []
+    assert len(server.book) == 1
+
+
+def test_requests_from_gone_or_impostor_processes_arm_nothing(world: World) -> None:
+    server = world.server()
+    server.receive(line(99, "gone", world.wall(1)) + line(10, "impostor", world.wall(1), starttime=777))
+    assert len(server.book) == 0
+    assert server.stats.stale == 2
+
+
+def test_a_new_process_on_a_known_pid_replaces_the_old_worker(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "old", world.wall(1), starttime=1))
+    world.alive[10] = 50  # the old worker died unnoticed; the pid now belongs to another process
+    server.receive(line(10, "new", world.wall(100), starttime=50))
+    assert [t.scope_id for t in server.book] == ["new"]
+    assert server.workers[10].starttime == 50
+
+
+def test_a_worker_exit_disarms_its_timers(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "a", world.wall(1)) + line(11, "b", world.wall(1)))
+    server.worker_exited(10)
+    world.now += 2
+    server.expire_due()
+    assert world.signals == [(11, 9)]
+    assert server.stats.worker_exits == 1
+
+
+def test_refused_kills_are_counted_by_reason_and_clear_the_timers(world: World) -> None:
+    server = world.server()
+    world.outcome = Outcome.PERMISSION
+    server.receive(line(10, "a", world.wall(1)) + line(10, "b", world.wall(1.5)))
+    world.now += 2
+    server.expire_due()
+    assert server.stats.kill_failures == {"permission": 1}
+    assert len(server.book) == 0, "a refused kill would be retried forever"
+
+
+def test_malformed_lines_are_counted_and_their_neighbours_kept(world: World) -> None:
+    server = world.server()
+    good = line(10, "a", world.wall(1))
+    server.receive(b"junk\n" + good[:10])
+    server.receive(good[10:] + b'{"version":1}\n' + line(11, "b", world.wall(1)))
+    assert server.stats.malformed == 2
+    assert sorted(t.pid for t in server.book) == [10, 11]
+
+
+def test_a_line_longer_than_any_request_is_dropped_whole() -> None:
+    splitter = LineSplitter(max_line=100)
+    lines, oversized = splitter.feed(b"a" * 80)
+    assert (lines, oversized) == ([], 0)
+    lines, oversized = splitter.feed(b"b" * 80)  # now 160 bytes without a newline
+    assert (lines, oversized) == ([], 1)
+    lines, oversized = splitter.feed(b'c{"tail"}\nok\n')
+    assert (lines, oversized) == ([b"ok"], 0), "the tail of the long line reached the parser"
+
+
+def test_the_book_compacts_released_entries() -> None:
+    book = TimerBook()
+    for i in range(10_000):
+        book.arm(1, f"s{i}", float(i), 9)
+        book.release(1, f"s{i}")
+    assert len(book) == 0
+    assert len(book._heap) <= 2048
+    assert book.next_deadline() is None
+
+
+# -- hostile input -------------------------------------------------------------------------------
+
+valid_requests = st.builds(
+    lambda pid, scope, delay, sig: (pid, scope, delay, sig),
+    st.sampled_from([10, 11, 12]),
+    st.text(max_size=20),
+    st.floats(min_value=0.001, max_value=100),
+    st.sampled_from([9, 15]),
+)
+garbage = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ") + b"\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.lists(st.one_of(valid_requests, garbage), max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
+)
+def test_any_bytes_cut_anywhere_never_crash_and_every_valid_request_is_honoured(
+    stream: list[tuple[int, str, float, int] | bytes], cuts: list[int]
+) -> None:
+    world = World()
+    world.alive = {10: 1, 11: 2, 12: 3}
+    server = world.server(escalate_after=0)
+    data = b"".join(
+        item if isinstance(item, bytes) else line(item[0], item[1], world.wall(item[2]), item[3])
+        for item in stream
+    )
+    previous = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        server.receive(data[previous:cut])
+        previous = cut
+    armed = {(pid, scope) for pid, scope, _, _ in (i for i in stream if not isinstance(i, bytes))}
+    assert {(t.pid, t.scope_id) for t in server.book} == armed
+    assert server.stats.acquires == len([i for i in stream if not isinstance(i, bytes)])
+    world.now += 101
+    server.expire_due()
+    assert {pid for pid, _ in world.signals} == {pid for pid, _ in armed}
+    assert len(world.signals) == len({pid for pid, _ in armed}), "a worker was killed twice"
+
+
+def test_garbage_that_is_valid_json_but_not_a_request_is_counted(world: World) -> None:
+    server = world.server()
+    server.receive(b"\n".join(json.dumps(v).encode() for v in [None, 1, [], {}, {"pid": 10}]) + b"\n")
+    assert server.stats.malformed == 5

@@ -1,0 +1,86 @@
+"""Bursts from several processes, and both directions of interop with torch's timer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.pod import Pod
+from tests.support.sidecar import Sidecar, Worker
+
+StartSidecar = Callable[..., Sidecar]
+
+
+def test_a_burst_of_80000_blocks_from_4_processes_loses_nothing(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar()
+    workers = [Worker(pod, server.fifo, "blocks", "--count", "20000", "--after", "600") for _ in range(4)]
+    for worker in workers:
+        worker.expect("done 20000")
+        assert worker.wait(timeout=120) == 0, "a client failed under the burst"
+    metrics = server.wait_metric("expiry_requests_total", 80_000, timeout=60, kind="release")
+    assert metrics("expiry_requests_total", kind="acquire") == 80_000
+    assert metrics("expiry_malformed_requests_total") == 0
+    assert metrics("expiry_timers_active") == 0
+    assert metrics("expiry_kills_total", signal="SIGKILL") == 0
+
+
+TORCH_SERVER = """
+import sys, time
+from torch.distributed.elastic.timer import FileTimerServer
+server = FileTimerServer(sys.argv[1], run_id="test", max_interval=0.1)
+server.start()
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.torch
+def test_expiry_clients_are_served_by_torch_s_own_server(tmp_path: Path) -> None:
+    """torch's FileTimerServer kills a worker that used expiry's client (then, as torch does, itself)."""
+    pytest.importorskip("torch")
+    fifo = tmp_path / "torch.fifo"
+    server = subprocess.Popen(
+        [sys.executable, "-c", TORCH_SERVER, str(fifo)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).parents[1] / "support" / "worker.py"),
+                "hang",
+                "--after",
+                "0.3",
+            ],
+            env={**os.environ, "TORCHELASTIC_TIMER_FILE": str(fifo), "TORCHELASTIC_ENABLE_FILE_TIMER": "1"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stdout is not None
+        assert worker.stdout.readline().startswith("pid ")
+        assert worker.stdout.readline().strip() == "armed"
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+        worker.stdout.close()
+    finally:
+        server.kill()
+        server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_exit_when_alone_ends_the_sidecar_once_the_trainers_are_gone(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar("--exit-when-alone", "--alone-grace", "0.5")
+    time.sleep(2.5)  # alone from the start: it waits for a trainer to appear first
+    assert server.process.poll() is None, "exited before any trainer came"
+    worker = Worker(pod, server.fifo, "blocks", "--count", "3", "--after", "60")
+    worker.expect("done 3")
+    assert worker.wait() == 0
+    assert server.process.wait(timeout=15) == 0
+    assert any(entry["message"] == "alone in the pod: exiting" for entry in server.logs())
