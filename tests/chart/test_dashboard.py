@@ -1,9 +1,11 @@
 """The Grafana dashboards: well-formed for Grafana, and fed by metrics that really exist.
 
 The structural checks read the JSON. The feed checks run a real ``expiry-sidecar serve`` in a real
-PID namespace (the ``pod``/``sidecar`` fixtures of tests/conftest.py), let it kill a real hanging
-worker, scrape its /metrics over HTTP, and require every metric a dashboard query or an alert rule
-names to be in that scrape, with every label the query filters or groups by.
+PID namespace (the ``pod``/``sidecar`` fixtures of tests/conftest.py) and let it kill a real hanging
+worker, and run the real ``expiry-operator`` against kmock (tests/operator/operator_harness.py) and
+let it inject a pod and find an unprotected one; they scrape both over HTTP and require every metric
+a dashboard query or an alert rule names to be in those scrapes, with every label the query filters
+or groups by.
 
 Queries are read by promql-parser, a real PromQL parser: Grafana's duration variables are replaced
 by durations first (``$namespace`` inside a label matcher's string is valid PromQL as it is).
@@ -23,8 +25,10 @@ import promql_parser
 import pytest
 import yaml
 
+from expiry.names import ENABLED_ANNOTATION
+from tests.operator.operator_harness import KubeApi, OperatorProcess, make_tls
 from tests.support.pod import Pod
-from tests.support.sidecar import Metrics, Sidecar, Worker
+from tests.support.sidecar import Metrics, Sidecar, Worker, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "charts/expiry/dashboards").glob("*.json"))
@@ -37,14 +41,8 @@ RENAMED_LABELS = frozenset({"exported_namespace"})
 """A metric's own ``namespace`` label, renamed by a scrape that does not honor labels."""
 PROMETHEUS_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
 """Series Prometheus makes itself for each target."""
-OPERATOR_SERIES: dict[str, frozenset[str]] = {
-    "expiry_admissions_total": frozenset({"result"}),
-    "expiry_admission_duration_seconds_bucket": frozenset({"le"}),
-    "expiry_admission_duration_seconds_sum": frozenset(),
-    "expiry_admission_duration_seconds_count": frozenset(),
-    "expiry_unprotected_pods": frozenset({"namespace"}),
-}
-"""The operator's metrics as its contract names them (the operator is not scraped here)."""
+OPERATOR_METRICS = ("expiry_admissions", "expiry_admission_duration_seconds", "expiry_unprotected_pods")
+"""Prefixes of the operator's series: the dashboard's Operator row does not follow $namespace/$pod."""
 GRAFANA_DURATIONS = {"__rate_interval": "2m", "__interval": "30s", "__range": "6h"}
 SIDECAR_VARIABLES = ("namespace", "pod")
 
@@ -237,7 +235,7 @@ def test_every_query_is_valid_promql(query: Query) -> None:
 def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
     for query in every_dashboard_query():
         for name, labels in uses(query).matchers.items():
-            if name in OPERATOR_SERIES or query.label is not None:
+            if name.startswith(OPERATOR_METRICS) or query.label is not None:
                 continue
             assert set(SIDECAR_VARIABLES) <= labels, f"{query.where}: {name} ignores $namespace/$pod"
             for variable in SIDECAR_VARIABLES:
@@ -249,10 +247,10 @@ def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
 
 @dataclass(frozen=True)
 class Scrapes:
+    """Two scrapes of one real process: before and after it did what the panels show."""
+
     before: Metrics
-    """Once the sidecar is ready and a worker holds a timer, before anything expired."""
     after: Metrics
-    """After it killed a stuck worker, while the other worker still holds its timer."""
 
     def series(self) -> dict[str, frozenset[str]]:
         """Series name -> its label names, as Prometheus stores them (before adding target labels)."""
@@ -261,10 +259,14 @@ class Scrapes:
             labels.setdefault(name, set()).update(label for label, _ in pairs)
         return {name: frozenset(names) for name, names in labels.items()}
 
+    def appeared(self) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+        """Series in the second scrape that were not in the first."""
+        return self.after.samples.keys() - self.before.samples.keys()
+
 
 @pytest.fixture
-def scrapes(sidecar: Callable[..., Sidecar], pod: Pod) -> Scrapes:
-    """A real sidecar's /metrics before and after it killed a real stuck worker."""
+def sidecar_scrapes(sidecar: Callable[..., Sidecar], pod: Pod) -> Scrapes:
+    """A real sidecar while a worker holds a timer, and again after it killed another, stuck, worker."""
     server = sidecar()
     holder = Worker(pod, server.fifo, "hang", "--after", "3600")
     holder.expect("armed")
@@ -277,9 +279,41 @@ def scrapes(sidecar: Callable[..., Sidecar], pod: Pod) -> Scrapes:
     return Scrapes(before, after)
 
 
-def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> list[str]:
+def annotated_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "team-a", "annotations": {ENABLED_ANNOTATION: "true"}},
+        "spec": {"containers": [{"name": "trainer", "image": "trainer:1"}]},
+    }
+
+
+@pytest.fixture
+def operator_scrapes(tmp_path: Path) -> Scrapes:
+    """The real operator (against kmock) at start, and after it injected a pod and found one unprotected."""
+    with (
+        KubeApi() as api,
+        OperatorProcess(api, make_tls(tmp_path / "tls"), tmp_path / "operator") as operator,
+    ):
+        before = Metrics(operator.metrics())
+        assert operator.admit(annotated_pod("injected"))["response"]["allowed"]
+        api.create_pod(annotated_pod("created-while-the-webhook-was-down"))
+        wait_for(
+            lambda: Metrics(operator.metrics())("expiry_unprotected_pods", namespace="team-a") == 1,
+            what="the operator to count the unprotected pod",
+        )
+        after = Metrics(operator.metrics())
+    assert after("expiry_admissions_total", result="injected") == 1
+    return Scrapes(before, after)
+
+
+@pytest.fixture
+def exported(sidecar_scrapes: Scrapes, operator_scrapes: Scrapes) -> dict[str, frozenset[str]]:
+    return {**sidecar_scrapes.series(), **operator_scrapes.series(), **PROMETHEUS_SERIES}
+
+
+def missing(queries: list[Query], known: dict[str, frozenset[str]]) -> list[str]:
     """What each query asks for that no series has: unknown names, unknown labels."""
-    known = {**sidecar_series, **OPERATOR_SERIES, **PROMETHEUS_SERIES}
     added = TARGET_LABELS | RENAMED_LABELS
     problems = []
     for query in queries:
@@ -298,22 +332,22 @@ def missing(queries: list[Query], sidecar_series: dict[str, frozenset[str]]) -> 
     return problems
 
 
-def test_a_real_sidecar_feeds_every_dashboard_query(scrapes: Scrapes) -> None:
-    problems = missing(every_dashboard_query(), scrapes.series())
-    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scrapes.series())}"])
+def test_real_processes_feed_every_dashboard_query(exported: dict[str, frozenset[str]]) -> None:
+    problems = missing(every_dashboard_query(), exported)
+    assert not problems, "\n".join([*problems, f"exported: {sorted(exported)}"])
 
 
-def test_a_real_sidecar_feeds_every_alert_rule(scrapes: Scrapes) -> None:
-    problems = missing(list(rule_queries()), scrapes.series())
-    assert not problems, "\n".join([*problems, f"the sidecar exports: {sorted(scrapes.series())}"])
+def test_real_processes_feed_every_alert_rule(exported: dict[str, frozenset[str]]) -> None:
+    problems = missing(list(rule_queries()), exported)
+    assert not problems, "\n".join([*problems, f"exported: {sorted(exported)}"])
 
 
-def test_the_check_notices_a_metric_the_sidecar_does_not_export(scrapes: Scrapes) -> None:
+def test_the_check_notices_a_metric_that_is_not_exported(exported: dict[str, frozenset[str]]) -> None:
     wrong = [
         Query("misspelt", 'sum(rate(expiry_kill_total{namespace=~"$namespace"}[5m]))'),
         Query("wrong label", "sum by (sig) (expiry_kills_total)"),
     ]
-    assert missing(wrong, scrapes.series()) == [
+    assert missing(wrong, exported) == [
         "misspelt: no series expiry_kill_total",
         "wrong label: no label ['sig'] on ['expiry_kills_total']",
     ]
@@ -331,16 +365,15 @@ def rated(query: Query) -> set[str]:
     return names
 
 
-def test_every_series_a_query_rates_exists_before_its_first_increment(scrapes: Scrapes) -> None:
+def test_every_series_a_query_rates_exists_before_its_first_increment(
+    sidecar_scrapes: Scrapes, operator_scrapes: Scrapes
+) -> None:
     """rate() and increase() cannot see a series' first sample as an increase: a counter that appears
     with its first event (a label value first set then) hides that event from panels and alerts."""
     names = set().union(*map(rated, [*every_dashboard_query(), *rule_queries()]))
-    late = sorted(
-        f"{name}{dict(labels)}"
-        for name, labels in scrapes.after.samples.keys() - scrapes.before.samples.keys()
-        if name in names
-    )
-    assert not late, f"series that appeared with the kill instead of starting at 0: {late}"
+    appeared = sidecar_scrapes.appeared() | operator_scrapes.appeared()
+    late = sorted(f"{name}{dict(labels)}" for name, labels in appeared if name in names)
+    assert not late, f"series that appeared with their first event instead of starting at 0: {late}"
 
 
 def test_every_panel_is_described_in_the_docs(dashboard: dict[str, Any]) -> None:
