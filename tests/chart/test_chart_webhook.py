@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import celpy
 import pytest
+
 from expiry import names
 
 if TYPE_CHECKING:

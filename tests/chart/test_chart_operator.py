@@ -1,0 +1,245 @@
+"""The operator as the chart deploys it: its config file (contracts.md), its pods, and its permissions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from expiry import names
+
+if TYPE_CHECKING:
+    from conftest import Helm, Rendered
+
+CONFIG_PATH = "/etc/expiry/operator.yaml"
+
+# The operator's config file with every key at its contracted default (contracts.md).
+CONTRACT_DEFAULTS: dict[str, Any] = {
+    "sidecar": {
+        "image": "ghcr.io/expiry-io/expiry-sidecar:0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        "metricsPort": names.METRICS_PORT,
+        "nativeSidecar": "auto",
+        "killSignal": "",
+        "escalateAfter": 10,
+        "stackDumps": "off",
+        "events": True,
+    },
+    "webhook": {"port": 8443, "certFile": "/etc/expiry/tls/tls.crt", "keyFile": "/etc/expiry/tls/tls.key"},
+    "health": {"port": 8080},
+    "metrics": {"port": 9465},
+    "unprotectedPods": {"watch": True},
+}
+
+
+def operator_config(rendered: Rendered) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(rendered.one("ConfigMap")["data"]["operator.yaml"])
+    return config
+
+
+def pod_spec(rendered: Rendered) -> dict[str, Any]:
+    spec: dict[str, Any] = rendered.one("Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(rendered: Rendered) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = pod_spec(rendered)["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_default_config_is_the_contracts(defaults: Rendered) -> None:
+    assert operator_config(defaults) == CONTRACT_DEFAULTS
+
+
+def test_sidecar_values_reach_the_config(helm: Helm) -> None:
+    values = {
+        "sidecar": {
+            "image": {"repository": "registry.corp/expiry-sidecar", "tag": "0.2.0", "pullPolicy": "Always"},
+            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}},
+            "metricsPort": 9100,
+            "nativeSidecar": "false",
+            "killSignal": "SIGTERM",
+            "escalateAfter": 30,
+            "stackDumps": "py-spy",
+            "events": False,
+        },
+        "operator": {"watchUnprotectedPods": False},
+    }
+    config = operator_config(helm.render(values))
+    assert config["sidecar"] == {
+        "image": "registry.corp/expiry-sidecar:0.2.0",
+        "imagePullPolicy": "Always",
+        "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "metricsPort": 9100,
+        "nativeSidecar": "false",
+        "killSignal": "SIGTERM",
+        "escalateAfter": 30,
+        "stackDumps": "py-spy",
+        "events": False,
+    }
+    assert config["unprotectedPods"] == {"watch": False}
+
+
+def test_image_digest_wins_over_the_tag(helm: Helm) -> None:
+    digest = "sha256:" + "0f" * 32
+    rendered = helm.render(
+        {"sidecar": {"image": {"digest": digest}}, "operator": {"image": {"digest": digest}}}
+    )
+    assert operator_config(rendered)["sidecar"]["image"] == f"ghcr.io/expiry-io/expiry-sidecar@{digest}"
+    assert container(rendered)["image"] == f"ghcr.io/expiry-io/expiry-operator@{digest}"
+
+
+def test_operator_runs_with_the_mounted_config(defaults: Rendered) -> None:
+    operator = container(defaults)
+    assert operator["image"] == "ghcr.io/expiry-io/expiry-operator:0.1.0"
+    assert operator["args"] == ["run", "--config", CONFIG_PATH]
+    mount = next(m for m in operator["volumeMounts"] if m["mountPath"] == CONFIG_PATH)
+    volume = next(v for v in pod_spec(defaults)["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == defaults.one("ConfigMap")["metadata"]["name"]
+    assert mount["subPath"] in defaults.one("ConfigMap")["data"]
+
+
+def test_container_ports_are_the_configs(defaults: Rendered) -> None:
+    config = operator_config(defaults)
+    ports = {p["name"]: p["containerPort"] for p in container(defaults)["ports"]}
+    assert ports == {
+        "webhook": config["webhook"]["port"],
+        "health": config["health"]["port"],
+        "metrics": config["metrics"]["port"],
+    }
+
+
+def test_probes_use_the_health_endpoints(defaults: Rendered) -> None:
+    operator = container(defaults)
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert operator["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert operator["startupProbe"]["httpGet"]["port"] == "health"
+
+
+def config_checksum(rendered: Rendered) -> str:
+    checksum: str = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "checksum/config"
+    ]
+    return checksum
+
+
+def test_config_change_rolls_the_deployment(helm: Helm, defaults: Rendered) -> None:
+    assert config_checksum(helm.render()) == config_checksum(defaults), "same values, same pods"
+    assert config_checksum(helm.render({"sidecar": {"escalateAfter": 11}})) != config_checksum(defaults)
+
+
+def test_pods_meet_the_restricted_pod_security_standard(defaults: Rendered) -> None:
+    pod = pod_spec(defaults)["securityContext"]
+    operator = container(defaults)["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert pod["runAsUser"] != 0
+    assert pod["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert operator["allowPrivilegeEscalation"] is False
+    assert operator["capabilities"] == {"drop": ["ALL"]}
+    assert operator["readOnlyRootFilesystem"] is True
+    assert not any("hostPath" in v for v in pod_spec(defaults)["volumes"])
+
+
+def test_resources_are_set(defaults: Rendered) -> None:
+    resources = container(defaults)["resources"]
+    assert resources["requests"]["cpu"]
+    assert resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+
+
+def test_high_availability_by_default(defaults: Rendered) -> None:
+    deployment = defaults.one("Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = defaults.one("PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_service_selects_the_operator_pods(defaults: Rendered) -> None:
+    service = defaults.one("Service")
+    pod_labels = defaults.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    container_ports = {p["name"] for p in container(defaults)["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+
+
+# --- RBAC ---------------------------------------------------------------------------------------------------
+
+
+def rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """A role's rules flattened to (apiGroup, resource, verb)."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_operator_rbac_is_pods_read_and_events_write_only(defaults: Rendered) -> None:
+    role = defaults.one("ClusterRole", "expiry")
+    assert rules(role) == {
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "events", "create"),
+        ("", "events", "patch"),
+    }
+    binding = defaults.one("ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    service_account = defaults.one("ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": service_account["name"], "namespace": service_account["namespace"]}
+    ]
+    assert pod_spec(defaults)["serviceAccountName"] == service_account["name"]
+
+
+def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
+    values = {
+        "sidecarEvents": {
+            "clusterRole": {"aggregateToAdmin": True},
+            "bindings": [
+                {"namespace": "ml", "serviceAccount": "trainer"},
+                {"namespace": "cv", "serviceAccount": "default"},
+            ],
+        }
+    }
+    rendered = helm.render(values)
+    role = rendered.one("ClusterRole", "expiry-sidecar-events")
+    assert rules(role) == {("", "events", "create"), ("", "events", "patch")}
+    assert role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    bindings = {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in rendered.all("RoleBinding")}
+    assert bindings == {("ml", "trainer"), ("cv", "default")}
+    for binding in rendered.all("RoleBinding"):
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "expiry-sidecar-events",
+        }
+        assert binding["subjects"][0]["namespace"] == binding["metadata"]["namespace"]
+
+
+def test_sidecar_events_role_is_not_aggregated_by_default(defaults: Rendered) -> None:
+    labels = defaults.one("ClusterRole", "expiry-sidecar-events")["metadata"]["labels"]
+    assert "rbac.authorization.k8s.io/aggregate-to-admin" not in labels
+    assert not defaults.has("RoleBinding")
+
+
+@pytest.mark.parametrize("kind", ["ServiceAccount", "ClusterRoleBinding", "PodDisruptionBudget"])
+def test_optional_objects_can_be_left_out(helm: Helm, kind: str) -> None:
+    values = {
+        "operator": {"replicas": 1},
+        "pdb": {"enabled": False},
+        "rbac": {"create": False},
+        "serviceAccount": {"create": False, "name": "platform-sa"},
+    }
+    rendered = helm.render(values)
+    assert not rendered.has(kind)
+    assert pod_spec(rendered)["serviceAccountName"] == "platform-sa"
