@@ -99,7 +99,9 @@ def strip(pod: dict[str, Any], record: Record) -> None:
     metadata = pod.setdefault("metadata", {})
     for key in (names.STATUS_ANNOTATION, RECORD_ANNOTATION):
         metadata.get("annotations", {}).pop(key, None)
-    metadata.get("labels", {}).pop(names.INJECTED_LABEL, None)
+    labels = metadata.get("labels")
+    if labels and labels.pop(names.INJECTED_LABEL, None) is not None and not labels:
+        del metadata["labels"]
 
 
 def _drop(owner: dict[str, Any], field: str, matches: Callable[[dict[str, Any]], bool]) -> None:

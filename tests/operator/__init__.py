@@ -1,0 +1,1 @@
+"""Tests of the expiry operator (package expiry_operator)."""

@@ -1,0 +1,190 @@
+"""The injection core over the pod corpus: valid, complete, idempotent, and no weaker under PSS."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from expiry import names
+from expiry_operator import record
+from expiry_operator.injection import Denied, Injected, Skipped, admit
+from expiry_operator.options import RECORD_ANNOTATION
+from expiry_operator.settings import SidecarSettings
+from tests.operator.injection_checks import check_injected, sidecars
+from tests.operator.pod_corpus import DENIED_CASES, INJECTED_CASES, SKIPPED_CASES
+from tests.operator.pss_checker import level_of
+
+SETTINGS = SidecarSettings()
+
+
+def inject(pod: dict[str, Any], native: bool = True, settings: SidecarSettings = SETTINGS) -> dict[str, Any]:
+    outcome = admit(pod, settings, native_sidecars_supported=native)
+    assert isinstance(outcome, Injected), outcome
+    return outcome.pod
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "regular"])
+@pytest.mark.parametrize("name", sorted(INJECTED_CASES))
+def test_injected_pod_is_valid_complete_and_keeps_its_pss_level(name: str, native: bool) -> None:
+    original = INJECTED_CASES[name]
+    before = copy.deepcopy(original)
+    result = inject(original, native)
+    assert original == before  # the core never mutates its input
+    trainers = original["metadata"]["annotations"].get("expiry.io/containers")
+    check_injected(original, result, trainers.split(",") if trainers else None)
+    assert (sidecars(result)[0][0] == "initContainers") is native
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "regular"])
+@pytest.mark.parametrize("name", sorted(INJECTED_CASES))
+def test_injecting_an_injected_pod_changes_nothing(name: str, native: bool) -> None:
+    once = inject(INJECTED_CASES[name], native)
+    outcome = admit(once, SETTINGS, native_sidecars_supported=native)
+    assert isinstance(outcome, Injected) and not outcome.changed
+    assert outcome.pod == once
+
+
+@pytest.mark.parametrize("name", sorted(INJECTED_CASES))
+def test_the_record_lists_exactly_what_was_added(name: str) -> None:
+    original = INJECTED_CASES[name]
+    injected = inject(original)
+    stripped = copy.deepcopy(injected)
+    record.strip(stripped, record.loads(injected["metadata"]["annotations"][RECORD_ANNOTATION]))
+    assert stripped == original
+
+
+def test_a_restored_pod_whose_injection_was_partly_lost_is_repaired_not_doubled() -> None:
+    injected = inject(INJECTED_CASES["jobset"])
+    restored = copy.deepcopy(injected)
+    del restored["spec"]["volumes"]  # e.g. a backup tool dropped the emptyDir
+    restored["spec"]["containers"][0]["env"].append({"name": "EXTRA", "value": "1"})
+    result = inject(restored)
+    assert len(sidecars(result)) == 1
+    assert result["spec"]["volumes"] == injected["spec"]["volumes"]
+    assert [e["name"] for e in result["spec"]["containers"][0]["env"]].count(names.TIMER_FILE_ENV) == 1
+
+
+def test_reordering_by_another_webhook_is_not_a_change() -> None:
+    injected = inject(INJECTED_CASES["multi-container"], native=False)
+    reordered = copy.deepcopy(injected)
+    reordered["spec"]["containers"].reverse()
+    outcome = admit(reordered, SETTINGS, native_sidecars_supported=False)
+    assert isinstance(outcome, Injected) and not outcome.changed and outcome.pod == reordered
+
+
+def test_an_upgraded_sidecar_image_replaces_the_recorded_one() -> None:
+    old = inject(INJECTED_CASES["jobset"])
+    new = inject(old, settings=SidecarSettings(image="ghcr.io/expiry-io/expiry-sidecar:0.2.0"))
+    assert [c["image"] for _, c in sidecars(new)] == ["ghcr.io/expiry-io/expiry-sidecar:0.2.0"]
+
+
+@pytest.mark.parametrize("name", sorted(SKIPPED_CASES))
+def test_pods_not_opted_in_are_left_alone(name: str) -> None:
+    assert isinstance(admit(SKIPPED_CASES[name], SETTINGS, native_sidecars_supported=True), Skipped)
+
+
+@pytest.mark.parametrize("name", sorted(DENIED_CASES))
+def test_denials_say_what_is_wrong(name: str) -> None:
+    pod, words = DENIED_CASES[name]
+    outcome = admit(pod, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(outcome, Denied), outcome
+    assert outcome.code in (400, 403)
+    for word in words:
+        assert word in outcome.message, (word, outcome.message)
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return sidecars(pod)[0][1]
+
+
+def test_trainer_user_and_group_come_from_the_container_over_the_pod() -> None:
+    original = copy.deepcopy(INJECTED_CASES["jobset"])  # pod level: runAsUser 1000, runAsGroup 1000
+    original["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1001, "runAsGroup": 3000}
+    sc = sidecar_of(inject(original))["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1001, 3000, True)
+
+
+def test_trainers_that_agree_on_the_uid_but_not_the_group_get_no_group() -> None:
+    sc = sidecar_of(inject(INJECTED_CASES["restricted-per-container"]))["securityContext"]
+    assert sc["runAsUser"] == 1001
+    assert "runAsGroup" not in sc
+
+
+def test_image_user_trainers_get_a_sidecar_with_only_cap_kill() -> None:
+    pod = inject(INJECTED_CASES["image-user"])
+    sc = sidecar_of(pod)["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}
+    assert "runAsUser" not in sc
+    assert level_of(pod) == "baseline"
+
+
+def test_only_listed_containers_are_trainers() -> None:
+    pod = inject(INJECTED_CASES["multi-container"])
+    shipper = next(c for c in pod["spec"]["containers"] if c["name"] == "fluent-bit")
+    assert "env" not in shipper and "volumeMounts" not in shipper
+    assert sidecar_of(pod)["securityContext"]["runAsUser"] == 1000  # the trainer's, not the shipper's root
+
+
+def test_name_and_port_clashes_move_ours_aside() -> None:
+    pod = inject(INJECTED_CASES["clashes"])
+    sidecar = sidecar_of(pod)
+    assert sidecar["volumeMounts"] == [{"name": "expiry-run-1", "mountPath": names.RUN_DIR}]
+    assert sidecar["ports"][0]["containerPort"] == names.METRICS_PORT + 1
+    assert sidecar["startupProbe"]["httpGet"]["port"] == names.METRICS_PORT + 1
+    assert {"name": "expiry-run", "emptyDir": {}} in pod["spec"]["volumes"]  # the user's, kept
+
+
+def test_a_preset_timer_variable_is_not_duplicated_nor_recorded_as_ours() -> None:
+    pod = inject(INJECTED_CASES["env-preset"])
+    assert pod["spec"]["containers"][0]["env"] == [{"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH}]
+    assert json.loads(pod["metadata"]["annotations"][RECORD_ANNOTATION])["env"] == {"trainer": []}
+
+
+def test_guaranteed_pods_stay_guaranteed() -> None:
+    resources = sidecar_of(inject(INJECTED_CASES["gpu-guaranteed"]))["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_options_reach_the_sidecar() -> None:
+    sidecar = sidecar_of(inject(INJECTED_CASES["options"]))
+    args = sidecar["args"]
+    assert args[args.index("--kill-signal") + 1] == "SIGTERM"
+    assert args[args.index("--escalate-after") + 1] == "2.5"
+    assert "--events" not in args
+    assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "256Mi"}
+    assert sidecar["resources"]["limits"]["memory"] == "256Mi"  # raised to the request
+
+
+def test_stack_dumps_client_gives_trainers_the_dump_dir() -> None:
+    pod = inject(INJECTED_CASES["stack-dumps-client"])
+    assert {"name": "EXPIRY_DUMP_DIR", "value": names.DUMP_DIR} in pod["spec"]["containers"][0]["env"]
+    assert sidecar_of(pod)["args"][-2:] == ["--stack-dumps", names.DUMP_DIR]
+    assert "add" not in sidecar_of(pod)["securityContext"]["capabilities"]
+
+
+def test_stack_dumps_py_spy_adds_sys_ptrace_and_leaves_restricted() -> None:
+    original = copy.deepcopy(INJECTED_CASES["restricted"])
+    original["metadata"]["annotations"]["expiry.io/stack-dumps"] = "py-spy"
+    pod = inject(original)
+    assert sidecar_of(pod)["securityContext"]["capabilities"]["add"] == ["SYS_PTRACE"]
+    assert (level_of(original), level_of(pod)) == ("restricted", "privileged")
+
+
+@pytest.mark.parametrize(("annotation", "cluster", "native"), [("true", False, True), ("false", True, False)])
+def test_the_native_sidecar_annotation_overrides_the_cluster(
+    annotation: str, cluster: bool, native: bool
+) -> None:
+    original = copy.deepcopy(INJECTED_CASES["jobset"])
+    original["metadata"]["annotations"]["expiry.io/native-sidecar"] = annotation
+    assert (sidecars(inject(original, cluster))[0][0] == "initContainers") is native
+
+
+def test_regular_sidecar_exits_when_alone_only_for_pods_that_complete() -> None:
+    always = inject(INJECTED_CASES["restricted"], native=False)  # restartPolicy unset = Always
+    never = inject(INJECTED_CASES["jobset"], native=False)
+    assert "--exit-when-alone" not in sidecar_of(always)["args"]
+    assert "--exit-when-alone" in sidecar_of(never)["args"]
