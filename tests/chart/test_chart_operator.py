@@ -35,7 +35,9 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
 
 
 def operator_config(rendered: Rendered) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(rendered.one("ConfigMap")["data"]["operator.yaml"])
+    config: dict[str, Any] = yaml.safe_load(
+        rendered.one("ConfigMap", rendered.one("Deployment")["metadata"]["name"])["data"]["operator.yaml"]
+    )
     return config
 
 
@@ -243,3 +245,26 @@ def test_optional_objects_can_be_left_out(helm: Helm, kind: str) -> None:
     rendered = helm.render(values)
     assert not rendered.has(kind)
     assert pod_spec(rendered)["serviceAccountName"] == "platform-sa"
+
+
+def test_the_operator_reads_every_scenarios_config(rendered: Rendered) -> None:
+    # The operator's own loader (strict: unknown keys and bad values fail) takes what the chart writes.
+    from expiry_operator.settings import Settings, settings_from_dict
+
+    settings = settings_from_dict(operator_config(rendered), source="the chart's ConfigMap")
+    assert isinstance(settings, Settings)
+
+
+def test_the_operator_sees_the_values(helm: Helm) -> None:
+    from expiry_operator.settings import settings_from_dict
+
+    values = {
+        "sidecar": {"killSignal": "SIGTERM", "escalateAfter": 2.5, "stackDumps": "client", "events": False}
+    }
+    sidecar = settings_from_dict(operator_config(helm.render(values))).sidecar
+    assert (sidecar.kill_signal, sidecar.escalate_after, sidecar.stack_dumps, sidecar.events) == (
+        "SIGTERM",
+        2.5,
+        "client",
+        False,
+    )

@@ -60,7 +60,9 @@ class WebhookTLS:
 
 def tls_volume_secret(rendered: Rendered) -> str:
     """The Secret the operator's pods mount at the directory of the config's webhook.certFile."""
-    config = yaml.safe_load(rendered.one("ConfigMap")["data"]["operator.yaml"])
+    config = yaml.safe_load(
+        rendered.one("ConfigMap", rendered.one("Deployment")["metadata"]["name"])["data"]["operator.yaml"]
+    )
     cert_dir = str(Path(config["webhook"]["certFile"]).parent)
     pod = rendered.one("Deployment")["spec"]["template"]["spec"]
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == cert_dir)
