@@ -217,8 +217,15 @@ class OperatorProcess:
     """``expiry-operator run`` as a real child process against ``api``, serving ``tls``."""
 
     def __init__(
-        self, api: KubeApi, tls: Tls, workdir: Path, *, config: dict[str, Any] | None = None
+        self,
+        api: KubeApi,
+        tls: Tls,
+        workdir: Path,
+        *,
+        config: dict[str, Any] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        self.extra_args = extra_args
         self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
         self.tls = tls
         self.workdir = workdir
@@ -262,7 +269,7 @@ class OperatorProcess:
     def start(self, timeout: float = 30) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [str(OPERATOR_BIN), "run", "--config", str(self.config_path)],
+                [str(OPERATOR_BIN), "run", "--config", str(self.config_path), *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env,
