@@ -1,0 +1,66 @@
+"""The operator's config file: defaults, camelCase keys, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from expiry_operator.settings import ConfigError, Settings, load_settings
+
+
+def test_every_key_is_optional(tmp_path: Path) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_settings(tmp_path / "empty.yaml") == Settings() == load_settings(None)
+
+
+def test_the_contract_defaults() -> None:
+    settings = Settings()
+    assert settings.sidecar.image == "ghcr.io/expiry-io/expiry-sidecar:0.1.0"
+    assert settings.sidecar.resources == {
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    assert (settings.webhook.port, settings.health.port, settings.metrics.port) == (8443, 8080, 9465)
+    assert (settings.sidecar.native_sidecar, settings.sidecar.stack_dumps, settings.sidecar.events) == (
+        "auto",
+        "off",
+        True,
+    )
+
+
+def test_values_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "operator.yaml"
+    path.write_text(
+        "sidecar:\n  image: reg/sidecar:1\n  nativeSidecar: false\n  escalateAfter: 3\n"
+        "  resources: {requests: {cpu: 20m}}\nwebhook: {certFile: /c, keyFile: /k}\n"
+        "unprotectedPods: {watch: false}\n"
+    )
+    settings = load_settings(path)
+    assert settings.sidecar.image == "reg/sidecar:1"
+    assert settings.sidecar.native_sidecar == "false"  # YAML's unquoted false is accepted
+    assert settings.sidecar.escalate_after == 3
+    assert settings.sidecar.resources == {"requests": {"cpu": "20m"}}
+    assert (settings.webhook.cert_file, settings.webhook.key_file) == ("/c", "/k")
+    assert settings.unprotected_pods.watch is False
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("sidecar: {imagePullPolcy: Always}", "sidecar: unknown key(s) imagePullPolcy"),
+        ("webhook: {port: 70000}", "webhook.port"),
+        ("sidecar: {stackDumps: always}", "sidecar.stackDumps"),
+        ("sidecar: {escalateAfter: -1}", "sidecar.escalateAfter"),
+        ("sidecar: {resources: {requests: {memory: lots}}}", "sidecar.resources.requests.memory"),
+        ("sidecar: [1]", "sidecar must be a mapping"),
+        ("health: {port: 8080}\nextra: 1", "unknown key(s) extra"),
+        ("a: [", "not valid YAML"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "operator.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert words in str(error.value)
