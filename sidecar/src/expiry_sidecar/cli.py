@@ -85,6 +85,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"with --exit-when-alone: how long to be alone before exiting (default {alone.GRACE:g})",
     )
+    serve.add_argument(
+        "--events",
+        action="store_true",
+        help="record a Kubernetes Event on this pod per kill (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE"
+        " and credentials allowed to create events)",
+    )
+    serve.add_argument(
+        "--stack-dumps",
+        type=Path,
+        metavar="DIR",
+        help="before a kill, capture the worker's Python stack into DIR and the log",
+    )
 
     run = commands.add_parser(
         "run",
@@ -115,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.fifo = args.fifo
         options.exit_when_alone = args.exit_when_alone
         options.alone_grace = args.alone_grace
+        options.events = args.events
+        options.stack_dumps = args.stack_dumps
         return Sidecar(options).serve_until_signalled()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import alone
+from expiry_sidecar.events import EventRecorder, PodRef
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.http import HttpEndpoint, Probes
 from expiry_sidecar.loop import ServeLoop
-from expiry_sidecar.metrics import make_registry
+from expiry_sidecar.metrics import event_counter, make_registry, stack_dump_counter
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
+from expiry_sidecar.stackdumps import StackDumper, find_py_spy
 
 log = logging.getLogger("expiry.sidecar")
 
@@ -30,6 +32,10 @@ class Options:
     escalate_after: float = 10.0
     exit_when_alone: bool = False
     alone_grace: float = alone.GRACE
+    events: bool = False
+    """Record a Kubernetes Event on the pod per kill."""
+    stack_dumps: Path | None = None
+    """Capture a stuck worker's stack into this directory before killing it."""
 
 
 class KillLog(Listener):
@@ -54,14 +60,21 @@ class Sidecar:
         self.options = options
         self.reader = FifoReader(options.fifo)
         self.loop = ServeLoop(self.reader)
+        self.dumper = StackDumper(options.stack_dumps, py_spy=find_py_spy()) if options.stack_dumps else None
+        self.events = EventRecorder(PodRef.from_environment()) if options.events else None
+        optional: list[Listener] = [x for x in (self.dumper, self.events) if x is not None]
         self.server = TimerServer(
             kill_signal=options.kill_signal,
             escalate_after=options.escalate_after,
-            listeners=[KillLog()],
+            listeners=[KillLog(), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
         )
         self.registry = make_registry(self.server)
+        if self.dumper:
+            self.registry.register(stack_dump_counter(self.dumper.results))
+        if self.events:
+            self.registry.register(event_counter(self.events.results))
         self.probes = Probes()
         self.http = (
             HttpEndpoint(options.metrics_host, options.metrics_port, self.registry, self.probes)
@@ -105,6 +118,8 @@ class Sidecar:
         return status
 
     def close(self) -> None:
+        if self.events:
+            self.events.close()
         if self.http:
             self.http.stop()
         self.server.close()

@@ -8,6 +8,7 @@ and never become labels.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -95,6 +96,31 @@ class KillLatency(Listener):
     def after_kill(self, report: KillReport) -> None:
         if report.outcome is kills.Outcome.DELIVERED:
             self.histogram.observe(max(0.0, report.lateness))
+
+
+class ResultCounter(Collector):
+    """One counter family labelled ``result``, read at scrape time from an optional listener's counts."""
+
+    def __init__(self, name: str, documentation: str, results: tuple[str, ...], counts: Counter[str]) -> None:
+        self.name, self.documentation, self.results, self.counts = name, documentation, results, counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=["result"])
+        for result in self.results:
+            family.add_metric([result], self.counts[result])
+        yield family
+
+
+def stack_dump_counter(counts: Counter[str]) -> ResultCounter:
+    return ResultCounter(
+        "expiry_stack_dumps", "Stacks of stuck workers captured before the kill", ("ok", "failed"), counts
+    )
+
+
+def event_counter(counts: Counter[str]) -> ResultCounter:
+    return ResultCounter(
+        "expiry_events", "Kubernetes Events about kills, by result", ("recorded", "failed"), counts
+    )
 
 
 def make_registry(server: TimerServer) -> CollectorRegistry:
