@@ -109,9 +109,15 @@ class Helm:
     monitoring_apis: ClassVar[tuple[str, ...]] = MONITORING_APIS
     byo_ca_pem: ClassVar[str] = BYO_CA_PEM
 
-    def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [self.binary, *args], input=stdin, capture_output=True, text=True, check=False, timeout=120
+            [self.binary, *args],
+            input=stdin,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
 
     @staticmethod
