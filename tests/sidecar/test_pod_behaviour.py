@@ -84,6 +84,8 @@ def test_a_worker_that_exits_holding_a_timer_clears_it_and_is_not_killed(
     server = sidecar()
     worker = Worker(pod, server.fifo, "exit", "--after", "0.5")
     worker.expect("armed")
+    server.wait_metric("expiry_timers_active", 1)
+    worker.tell("exit")
     assert worker.wait() == 0
     metrics = server.wait_metric("expiry_worker_exits_total", 1)
     assert metrics("expiry_timers_active") == 0
@@ -167,6 +169,8 @@ def test_a_pid_reused_by_an_innocent_process_is_never_signalled(pod: Pod, sideca
     server = sidecar()
     worker = Worker(pod, server.fifo, "exit", "--after", "0.5")
     worker.expect("armed")
+    server.wait_metric("expiry_timers_active", 1)
+    worker.tell("exit")
     assert worker.wait() == 0
     server.wait_metric("expiry_worker_exits_total", 1)
     innocent = pod.python("-c", REUSE_PID, str(worker.pid))
@@ -183,6 +187,7 @@ def test_a_request_read_after_its_pid_was_reused_arms_nothing(pod: Pod, sidecar:
     server.signal(signal.SIGSTOP)
     worker = Worker(pod, server.fifo, "exit", "--after", "0.3")
     worker.expect("armed")
+    worker.tell("exit")
     assert worker.wait() == 0
     innocent = pod.python("-c", REUSE_PID, str(worker.pid))
     assert innocent.stdout is not None

@@ -69,5 +69,6 @@ class Pod:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-            if process.stdout:
-                process.stdout.close()
+            for stream in (process.stdin, process.stdout):
+                if stream:
+                    stream.close()

@@ -143,7 +143,9 @@ class Worker:
     def __init__(self, pod: Pod, fifo: Path, action: str, *args: str, user: int | None = None) -> None:
         self.pod = pod
         environment = {**os.environ, "TORCHELASTIC_TIMER_FILE": str(fifo)}
-        self.process = pod.start([*as_user(user), sys.executable, WORKER, action, *args], env=environment)
+        self.process = pod.start(
+            [*as_user(user), sys.executable, WORKER, action, *args], env=environment, stdin=subprocess.PIPE
+        )
         first = self.readline()
         assert first.startswith("pid "), first
         self.pid = int(first.split()[1])
@@ -155,6 +157,11 @@ class Worker:
     def expect(self, line: str) -> None:
         got = self.readline()
         assert got == line, f"worker said {got!r}, expected {line!r}"
+
+    def tell(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout=timeout)

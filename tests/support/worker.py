@@ -6,7 +6,8 @@ can follow it. Actions:
   blocks    run --count blocks of --after seconds, each doing nothing; print "done N"
   nested    an outer block of --after seconds around an inner quick block; then hang in the outer
   recurse   a decorated recursive function, --depth deep, the innermost hangs
-  exit      arm a block of --after seconds, print "armed", then exit without releasing
+  exit      arm a block of --after seconds, print "armed", wait for a line on stdin, then exit
+            without releasing
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
 """
@@ -70,6 +71,7 @@ def main() -> None:
     elif args.action == "exit":
         expires(after=args.after).__enter__()
         say("armed")
+        sys.stdin.readline()
         os._exit(0)
     elif args.action == "two":
         with expires(after=3600, scope="long"), expires(after=args.after, scope="short"):

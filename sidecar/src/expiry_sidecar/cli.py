@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
-
 from expiry_sidecar import __version__, alone, logs
 from expiry_sidecar.daemon import Options, Sidecar
 from expiry_sidecar.local import run_command
@@ -74,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--metrics-port", type=port, default=METRICS_PORT, help="0: no HTTP endpoint")
     serve.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep armed timers in this file (on the shared volume) so a restarted sidecar takes them over",
+    )
+    serve.add_argument(
         "--exit-when-alone",
         action="store_true",
         help="exit 0 once no process but this one and PID 1 is left in the pod (no native sidecars)",
@@ -125,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         options.fifo = args.fifo
+        options.state_file = args.state_file
         options.exit_when_alone = args.exit_when_alone
         options.alone_grace = args.alone_grace
         options.events = args.events

@@ -18,6 +18,7 @@ from expiry_sidecar.loop import ServeLoop
 from expiry_sidecar.metrics import event_counter, make_registry, stack_dump_counter
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
+from expiry_sidecar.state import JournaledBook, StateFile
 
 log = logging.getLogger("expiry.sidecar")
 
@@ -30,6 +31,7 @@ class Options:
     """0: no HTTP endpoint at all."""
     kill_signal: int | None = None
     escalate_after: float = 10.0
+    state_file: Path | None = None
     exit_when_alone: bool = False
     alone_grace: float = alone.GRACE
     events: bool = False
@@ -70,6 +72,8 @@ class Sidecar:
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
         )
+        if options.state_file is not None:
+            self._take_over(options.state_file)
         self.registry = make_registry(self.server)
         if self.dumper:
             self.registry.register(stack_dump_counter(self.dumper.results))
@@ -88,6 +92,16 @@ class Sidecar:
                 heard_from_workers=lambda: self.server.stats.acquires > 0,
             )
             self.loop.periodic.append((alone.CHECK_INTERVAL, watch.check))
+
+    def _take_over(self, path: Path) -> None:
+        """Journal timers to ``path``, first re-arming what a previous sidecar left there."""
+        state = StateFile(path)
+        saved = state.load()
+        self.server.stats.state_errors = state.errors
+        book = JournaledBook(state, self.server.starttime_of)
+        self.server.book = book
+        self.server.restore(saved)
+        book.snapshot()
 
     def run(self) -> int:
         """Serve until stopped (SIGTERM/SIGINT in ``serve``); returns the exit status."""

@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from expiry.names import TIMER_FILE_ENV
 from prometheus_client import generate_latest
 
+from expiry.names import TIMER_FILE_ENV
 from expiry_sidecar.daemon import Options, Sidecar
 
 

@@ -75,6 +75,7 @@ class ServeLoop:
             for key, _ in self._selector.select(timeout):
                 self._dispatch(server, key)
             server.expire_due()
+            server.book.flush()
         return self._stop_status
 
     def _dispatch(self, server: TimerServer, key: selectors.SelectorKey) -> None:

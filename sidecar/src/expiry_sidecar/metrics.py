@@ -69,6 +69,19 @@ class ServerCollector(Collector):
         yield CounterMetricFamily(
             "expiry_worker_exits", "Workers that exited while holding armed timers", value=stats.worker_exits
         )
+        yield CounterMetricFamily(
+            "expiry_state_restored_timers",
+            "Timers taken over from the state file at start",
+            value=stats.restored,
+        )
+        yield CounterMetricFamily(
+            "expiry_state_dropped_timers",
+            "Saved timers dropped at start because their worker had exited meanwhile",
+            value=stats.restore_dropped,
+        )
+        yield CounterMetricFamily(
+            "expiry_state_errors", "State files found unusable and set aside", value=stats.state_errors
+        )
         yield GaugeMetricFamily(
             "expiry_last_kill_timestamp_seconds",
             "Unix time of the last signal delivered",

@@ -29,6 +29,7 @@ from expiry.wire import MalformedRequest, Request, decode
 from expiry_sidecar import kills, processes
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.processes import NotAttached, Worker
+from expiry_sidecar.state import SavedTimer
 from expiry_sidecar.timers import Timer, TimerBook
 
 log = logging.getLogger("expiry.sidecar")
@@ -50,6 +51,11 @@ class Stats:
     kills: Counter[str] = field(default_factory=Counter)
     kill_failures: Counter[str] = field(default_factory=Counter)
     last_kill_time: float = 0.0
+    restored: int = 0
+    """Timers a restarted sidecar took over from its state file."""
+    restore_dropped: int = 0
+    """Saved timers whose worker had exited (or whose pid was reused) while no sidecar ran."""
+    state_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,12 +97,13 @@ class TimerServer:
         send: Callable[[Worker, int], kills.Outcome] = kills.send,
         on_watch: Callable[[Worker], None] = lambda worker: None,
         on_unwatch: Callable[[Worker], None] = lambda worker: None,
+        book: TimerBook | None = None,
     ) -> None:
         self.kill_signal = kill_signal
         self.escalate_after = escalate_after
         self.listeners = list(listeners)
         self.clock = clock or Clock()
-        self.book = TimerBook()
+        self.book = book if book is not None else TimerBook()
         self.workers: dict[int, Worker] = {}
         self.stats = Stats()
         self._attach = attach
@@ -162,6 +169,30 @@ class TimerServer:
         self.workers[pid] = worker
         self._on_watch(worker)
         return worker
+
+    def restore(self, saved: Iterable[SavedTimer]) -> None:
+        """Re-arm the timers a previous sidecar saved, for workers that are still the same processes."""
+        for timer in saved:
+            worker = self.workers.get(timer.pid)
+            if worker is None or worker.starttime != timer.starttime:
+                try:
+                    worker = self._attach(timer.pid, timer.starttime)
+                except NotAttached:
+                    self.stats.restore_dropped += 1
+                    continue
+                self.workers[timer.pid] = worker
+                self._on_watch(worker)
+            self.book.arm(timer.pid, timer.scope_id, timer.deadline, timer.signal)
+            self.stats.restored += 1
+        if self.stats.restored or self.stats.restore_dropped:
+            log.info(
+                "restored timers from the state file",
+                extra={"restored": self.stats.restored, "dropped": self.stats.restore_dropped},
+            )
+
+    def starttime_of(self, pid: int) -> int:
+        worker = self.workers.get(pid)
+        return worker.starttime if worker is not None else -1
 
     # -- deadlines -----------------------------------------------------------------------------
 

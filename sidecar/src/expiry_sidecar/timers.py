@@ -79,6 +79,9 @@ class TimerBook:
                 due.append(timer)
         return due
 
+    def flush(self) -> None:
+        """Persist the changes since the last call; this book keeps nothing on disk (see state.py)."""
+
     def __iter__(self) -> Iterator[Timer]:
         for scopes in self._by_pid.values():
             yield from scopes.values()

@@ -1,0 +1,154 @@
+"""Crash-safe state: a sidecar killed with SIGKILL and restarted keeps, and honours, armed timers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from expiry_sidecar.state import JournaledBook, StateFile, boot_id, parse
+from tests.support.pod import Pod
+from tests.support.sidecar import Sidecar, Worker
+
+StartSidecar = Callable[..., Sidecar]
+
+
+def crash(server: Sidecar) -> None:
+    server.signal(signal.SIGKILL)
+    assert server.process.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_restarted_sidecar_still_kills_a_stuck_worker_on_time(pod: Pod, sidecar: StartSidecar) -> None:
+    state = pod.workdir / "state.json"
+    first = sidecar("--state-file", str(state))
+    worker = Worker(pod, first.fifo, "hang", "--after", "2")
+    worker.expect("armed")
+    first.wait_metric("expiry_timers_active", 1)
+    crash(first)
+    second = sidecar("--state-file", str(state))
+    assert worker.wait() == -signal.SIGKILL
+    metrics = second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
+    assert metrics("expiry_state_restored_timers_total") == 1
+    assert metrics("expiry_kill_latency_seconds_sum") < 1.0, "the restarted sidecar fired late"
+
+
+def test_a_deadline_that_passed_while_no_sidecar_ran_fires_at_restart(
+    pod: Pod, sidecar: StartSidecar
+) -> None:
+    state = pod.workdir / "state.json"
+    first = sidecar("--state-file", str(state))
+    worker = Worker(pod, first.fifo, "hang", "--after", "0.3")
+    worker.expect("armed")
+    first.wait_metric("expiry_timers_active", 1)
+    crash(first)
+    time.sleep(0.6)
+    assert worker.alive()
+    second = sidecar("--state-file", str(state))
+    assert worker.wait() == -signal.SIGKILL
+    assert second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")("expiry_state_restored_timers_total") == 1
+
+
+def test_timers_of_workers_gone_meanwhile_are_dropped_and_their_pid_reusers_spared(
+    pod: Pod, sidecar: StartSidecar
+) -> None:
+    state = pod.workdir / "state.json"
+    first = sidecar("--state-file", str(state))
+    worker = Worker(pod, first.fifo, "exit", "--after", "1")
+    worker.expect("armed")
+    first.wait_metric("expiry_timers_active", 1)
+    crash(first)
+    worker.tell("exit")
+    assert worker.wait() == 0
+    innocent = pod.python("-c", REUSE_PID, str(worker.pid))
+    assert innocent.stdout is not None
+    assert int(innocent.stdout.readline()) == worker.pid, "could not reuse the pid"
+    second = sidecar("--state-file", str(state))
+    metrics = second.wait_metric("expiry_state_dropped_timers_total", 1)
+    assert metrics("expiry_state_restored_timers_total") == 0
+    assert metrics("expiry_timers_active") == 0
+    time.sleep(1.2)
+    assert innocent.poll() is None
+
+
+REUSE_PID = """
+import subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write(str(int(sys.argv[1]) - 1))
+code = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
+subprocess.Popen([sys.executable, "-c", code]).wait()
+"""
+
+
+def test_a_corrupt_state_file_is_set_aside_and_reported(pod: Pod, sidecar: StartSidecar) -> None:
+    state = pod.workdir / "state.json"
+    state.write_text("this is not a state file\n")
+    server = sidecar("--state-file", str(state))
+    assert server.metrics()("expiry_state_errors_total") == 1
+    aside = list(pod.workdir.glob("state.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == "this is not a state file\n"
+    assert any(entry["message"].startswith("state file unusable") for entry in server.logs())
+    worker = Worker(pod, server.fifo, "hang", "--after", "0.3")
+    worker.expect("armed")
+    assert worker.wait() == -signal.SIGKILL
+
+
+def header(boot: str | None = None) -> str:
+    return json.dumps({"expiry_state": 1, "boot_id": boot or boot_id()})
+
+
+def test_a_torn_last_line_is_ignored_and_the_rest_kept() -> None:
+    text = header() + "\n" + json.dumps(["arm", 5, 7, "a", 12.5, 9]) + '\n["arm", 6, 8, "b", 1'
+    saved = parse(text, boot_id())
+    assert [(t.pid, t.scope_id, t.deadline) for t in saved] == [(5, "a", 12.5)]
+
+
+def test_releases_and_forgets_in_the_journal_are_applied_in_order() -> None:
+    lines = [
+        header(),
+        json.dumps(["arm", 5, 7, "a", 1.0, 9]),
+        json.dumps(["arm", 5, 7, "b", 2.0, 9]),
+        json.dumps(["arm", 6, 8, "c", 3.0, 15]),
+        json.dumps(["release", 5, "a"]),
+        json.dumps(["forget", 6]),
+        json.dumps(["arm", 6, 9, "d", 4.0, 9]),
+    ]
+    saved = parse("\n".join(lines) + "\n", boot_id())
+    assert sorted((t.pid, t.starttime, t.scope_id) for t in saved) == [(5, 7, "b"), (6, 9, "d")]
+
+
+def test_a_journal_from_another_boot_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(header("another-boot") + "\n" + json.dumps(["arm", 5, 7, "a", 1.0, 9]) + "\n")
+    state = StateFile(path)
+    assert state.load() == []
+    assert state.errors == 1
+    assert not path.exists()
+
+
+def test_the_journal_stays_bounded_under_churn(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    book = JournaledBook(state, starttime_of=lambda pid: 1)
+    book.snapshot()
+    book.arm(1, "long", 1e9, 9)
+    for turn in range(20_000):
+        book.arm(2, f"s{turn}", float(turn), 9)
+        book.flush()
+        book.release(2, f"s{turn}")
+        book.flush()
+    text = (tmp_path / "state.json").read_text()
+    assert len(text.splitlines()) <= 4 * len(book) + 4096 + 2
+    assert [t.scope_id for t in parse(text, state.boot)] == ["long"]
+
+
+def test_an_acquire_released_within_one_turn_never_reaches_the_disk(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    book = JournaledBook(state, starttime_of=lambda pid: 1)
+    book.snapshot()
+    size = (tmp_path / "state.json").stat().st_size
+    book.arm(2, "quick", 5.0, 9)
+    book.forget(2)
+    book.flush()
+    assert (tmp_path / "state.json").read_text().count('"quick"') == 0
+    assert (tmp_path / "state.json").stat().st_size > size  # the forget itself is written
