@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 import kopf
-from expiry import names
 
+from expiry import names
 from expiry_operator import metrics
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import Settings

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from expiry import names
-
 from expiry_operator import record as records
 from expiry_operator.options import (
     CONTAINERS,

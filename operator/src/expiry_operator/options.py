@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from expiry import names
-
 from expiry_operator.quantities import ACCEPTED as ACCEPTED_QUANTITY
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import (

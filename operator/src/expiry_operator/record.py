@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from expiry import names
-
 from expiry_operator.options import RECORD_ANNOTATION
 
 RECORD_VERSION = 1

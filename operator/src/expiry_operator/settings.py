@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from expiry import names
 
+from expiry import names
 from expiry_operator.quantities import QuantityError, parse_quantity
 
 NativeSidecarMode = Literal["auto", "true", "false"]

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 from expiry import names
-
 from expiry_operator.options import PodOptions
 from expiry_operator.quantities import parse_quantity
 from expiry_operator.settings import SidecarSettings

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from expiry import names
-
 from expiry_operator.options import is_enabled
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
