@@ -1,0 +1,56 @@
+"""The benchmark suite's quickest run completes and prints every row (no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent.parent
+ROWS = [
+    "kill latency, median",
+    "kill latency, p99",
+    "client cost per block, default scope",
+    "client cost per block, explicit scope",
+    "throughput, 1 writer",
+    "throughput, 4 writers",
+    "throughput, 16 writers",
+    "idle wake-ups, 0 timers armed",
+    "idle CPU, 0 timers armed",
+    "idle wake-ups, 10,000 timers armed",
+    "idle CPU, 10,000 timers armed",
+    "CPU per request, 10 timers armed",
+    "CPU per request, 100 timers armed",
+    "CPU per request, 1,000 timers armed",
+    "server RSS, idle",
+    "server RSS, 1,000 timers armed",
+    "webhook latency p50, 1 concurrent",
+    "webhook latency p99, 1 concurrent",
+    "webhook latency p50, 50 concurrent",
+    "webhook latency p99, 50 concurrent",
+    "operator RSS",
+]
+
+
+@pytest.mark.torch
+def test_quick_run_prints_every_row_for_both_servers() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].split(" | ")[2:4] == ["expiry", "torch"], done.stdout
+    figures = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
+    assert figures == ROWS, done.stdout
+    for line in table[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[2], f"no expiry figure in {line!r}"
+        if not cells[0].startswith(("webhook", "operator")):
+            assert cells[3] and not cells[3].startswith("n/a"), f"no torch figure in {line!r}"
