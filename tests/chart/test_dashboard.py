@@ -25,7 +25,8 @@ import promql_parser
 import pytest
 import yaml
 
-from expiry.names import ENABLED_ANNOTATION
+from expiry.names import DUMP_DIR_ENV, ENABLED_ANNOTATION
+from expiry_sidecar.events import POD_NAME_ENV, POD_NAMESPACE_ENV
 from tests.operator.operator_harness import KubeApi, OperatorProcess, make_tls
 from tests.support.pod import Pod
 from tests.support.sidecar import Metrics, Sidecar, Worker, wait_for
@@ -265,16 +266,28 @@ class Scrapes:
 
 
 @pytest.fixture
-def sidecar_scrapes(sidecar: Callable[..., Sidecar], pod: Pod) -> Scrapes:
-    """A real sidecar while a worker holds a timer, and again after it killed another, stuck, worker."""
-    server = sidecar()
-    holder = Worker(pod, server.fifo, "hang", "--after", "3600")
-    holder.expect("armed")
-    before = server.wait_metric("expiry_timers_active", 1)
-    stuck = Worker(pod, server.fifo, "hang", "--after", "0.2")
-    stuck.expect("armed")
-    assert stuck.wait() == -signal.SIGKILL
-    after = server.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
+def sidecar_scrapes(
+    sidecar: Callable[..., Sidecar], pod: Pod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Scrapes:
+    """A real sidecar with every option the operator can turn on (Events go to kmock), while a worker
+    holds a timer, and again after it dumped the stack of another, stuck, worker and killed it."""
+    with KubeApi() as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.setenv(POD_NAME_ENV, "train-0")
+        monkeypatch.setenv(POD_NAMESPACE_ENV, "team-a")
+        dumps = tmp_path / "dumps"
+        monkeypatch.setenv(DUMP_DIR_ENV, str(dumps))  # the trainers' side of stack dumps
+        state = tmp_path / "state.json"
+        server = sidecar("--events", "--stack-dumps", str(dumps), "--state-file", str(state))
+        holder = Worker(pod, server.fifo, "hang", "--after", "3600")
+        holder.expect("armed")
+        before = server.wait_metric("expiry_timers_active", 1)
+        stuck = Worker(pod, server.fifo, "hang", "--after", "0.2")
+        stuck.expect("armed")
+        assert stuck.wait() == -signal.SIGKILL
+        after = server.wait_metric("expiry_events_total", 1, result="recorded")
+    assert after("expiry_kills_total", signal="SIGKILL") == 1
+    assert after("expiry_stack_dumps_total", result="ok") == 1
     assert holder.alive()
     return Scrapes(before, after)
 
