@@ -10,7 +10,7 @@ from pathlib import Path
 
 from expiry_sidecar.state import JournaledBook, StateFile, boot_id, parse
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker
+from tests.support.sidecar import Sidecar, Worker, wait_for
 
 StartSidecar = Callable[..., Sidecar]
 
@@ -47,7 +47,10 @@ def test_a_deadline_that_passed_while_no_sidecar_ran_fires_at_restart(
     assert worker.alive()
     second = sidecar("--state-file", str(state))
     assert worker.wait() == -signal.SIGKILL
-    assert second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")("expiry_state_restored_timers_total") == 1
+    assert (
+        second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")("expiry_state_restored_timers_total")
+        == 1
+    )
 
 
 def test_timers_of_workers_gone_meanwhile_are_dropped_and_their_pid_reusers_spared(
@@ -152,3 +155,18 @@ def test_an_acquire_released_within_one_turn_never_reaches_the_disk(tmp_path: Pa
     book.flush()
     assert (tmp_path / "state.json").read_text().count('"quick"') == 0
     assert (tmp_path / "state.json").stat().st_size > size  # the forget itself is written
+
+
+def test_a_deleted_fifo_is_recreated_and_old_clients_reconnect(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar()
+    veteran = Worker(pod, server.fifo, "later", "--after", "0.3")  # holds the old pipe open
+    veteran.expect("connected")
+    server.fifo.unlink()
+    wait_for(server.fifo.exists, timeout=15, what="the FIFO to be recreated")
+    assert any(entry["message"].startswith("the FIFO was deleted") for entry in server.logs())
+    newcomer = Worker(pod, server.fifo, "hang", "--after", "0.3")
+    newcomer.expect("armed")
+    assert newcomer.wait() == -signal.SIGKILL
+    veteran.tell("go")  # its next write meets the closed old pipe, reconnects, and is honoured
+    veteran.expect("armed")
+    assert veteran.wait() == -signal.SIGKILL

@@ -127,6 +127,14 @@ class Sidecar:
         serving = wait_for(lambda: next((e for e in self.logs() if e["message"] == "serving"), None))
         return int(serving["pid"])
 
+    def rss_kib(self) -> int:
+        """The sidecar's resident memory, read from /proc on the host (nsenter's child is the sidecar)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        for line in Path(f"/proc/{children[0]}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
     def signal(self, sig: int) -> None:
         assert self.pod.start(["kill", f"-{sig}", str(self.pid)]).wait() == 0
 
@@ -140,9 +148,17 @@ class Sidecar:
 class Worker:
     """A test worker (``tests/support/worker.py``) in the pod, talking to ``fifo``."""
 
-    def __init__(self, pod: Pod, fifo: Path, action: str, *args: str, user: int | None = None) -> None:
+    def __init__(
+        self,
+        pod: Pod,
+        fifo: Path,
+        action: str,
+        *args: str,
+        user: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.pod = pod
-        environment = {**os.environ, "TORCHELASTIC_TIMER_FILE": str(fifo)}
+        environment = {**os.environ, "TORCHELASTIC_TIMER_FILE": str(fifo), **(env or {})}
         self.process = pod.start(
             [*as_user(user), sys.executable, WORKER, action, *args], env=environment, stdin=subprocess.PIPE
         )

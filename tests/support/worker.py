@@ -8,6 +8,10 @@ can follow it. Actions:
   recurse   a decorated recursive function, --depth deep, the innermost hangs
   exit      arm a block of --after seconds, print "armed", wait for a line on stdin, then exit
             without releasing
+  later     run one quick block (opening the pipe), print "connected", wait for a line on stdin,
+            then hang in a block of --after seconds
+  soak      for --seconds seconds: blocks of 60 s, and every 50th a watch-only block (signal 0) that
+            outlives its 5 ms deadline; print "done ACQUIRES RELEASES WATCHES"
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
 """
@@ -19,8 +23,9 @@ import os
 import signal
 import sys
 import threading
+import time
 
-from expiry import expires
+from expiry import FileTimerClient, expires
 
 
 def say(*words: object) -> None:
@@ -38,6 +43,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -73,15 +79,38 @@ def main() -> None:
         say("armed")
         sys.stdin.readline()
         os._exit(0)
+    elif args.action == "later":
+        with expires(after=60):
+            pass
+        say("connected")
+        sys.stdin.readline()
+        with expires(after=args.after):
+            say("armed")
+            hang()
+    elif args.action == "soak":
+        watch_only = FileTimerClient(os.environ["TORCHELASTIC_TIMER_FILE"], signal=0)
+        blocks = watches = 0
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            blocks += 1
+            if blocks % 50:
+                with expires(after=60):
+                    pass
+            else:
+                watches += 1
+                with expires(after=0.005, client=watch_only):
+                    time.sleep(0.01)
+        say("done", blocks, blocks, watches)
     elif args.action == "two":
         with expires(after=3600, scope="long"), expires(after=args.after, scope="short"):
             say("armed")
             hang()
     elif args.action == "torch":
-        from torch.distributed.elastic.timer import FileTimerClient, configure
+        from torch.distributed.elastic.timer import FileTimerClient as TorchClient
+        from torch.distributed.elastic.timer import configure
         from torch.distributed.elastic.timer import expires as torch_expires
 
-        configure(FileTimerClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
+        configure(TorchClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
         with torch_expires(after=args.after):
             say("armed")
             hang()

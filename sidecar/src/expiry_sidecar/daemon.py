@@ -22,6 +22,9 @@ from expiry_sidecar.state import JournaledBook, StateFile
 
 log = logging.getLogger("expiry.sidecar")
 
+FIFO_CHECK_INTERVAL = 5.0
+"""Seconds between checks that the FIFO is still there (one cheap stat)."""
+
 
 @dataclass
 class Options:
@@ -60,8 +63,7 @@ class KillLog(Listener):
 class Sidecar:
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.reader = FifoReader(options.fifo)
-        self.loop = ServeLoop(self.reader)
+        self.loop = ServeLoop(FifoReader(options.fifo))
         self.dumper = StackDumper(options.stack_dumps, py_spy=find_py_spy()) if options.stack_dumps else None
         self.events = EventRecorder(PodRef.from_environment()) if options.events else None
         optional: list[Listener] = [x for x in (self.dumper, self.events) if x is not None]
@@ -85,6 +87,7 @@ class Sidecar:
             if options.metrics_port
             else None
         )
+        self.loop.periodic.append((FIFO_CHECK_INTERVAL, self._check_fifo))
         if options.exit_when_alone:
             watch = alone.Solitude(
                 on_alone=self.loop.stop,
@@ -102,6 +105,20 @@ class Sidecar:
         self.server.book = book
         self.server.restore(saved)
         book.snapshot()
+
+    def _check_fifo(self) -> None:
+        """Recreate the FIFO if someone deleted or replaced it: new clients could not find us.
+
+        Clients still holding the old pipe get EPIPE on their next write once it is closed, and
+        reconnect to the new one, re-arming their timers (see expiry.pipe).
+        """
+        if self.loop.reader.still_linked():
+            return
+        log.warning("the FIFO was deleted or replaced; recreating it", extra={"fifo": str(self.options.fifo)})
+        old = self.loop.replace_reader(FifoReader(self.options.fifo))
+        while chunk := old.read():
+            self.server.receive(chunk)
+        old.close()
 
     def run(self) -> int:
         """Serve until stopped (SIGTERM/SIGINT in ``serve``); returns the exit status."""
@@ -138,4 +155,4 @@ class Sidecar:
             self.http.stop()
         self.server.close()
         self.loop.close()
-        self.reader.close()
+        self.loop.reader.close()

@@ -38,6 +38,13 @@ class ServeLoop:
         self.on_exit: dict[int, Callable[[], None]] = {}
         """Extra pidfds to watch (e.g. the command in local mode) -> what to do when they turn readable."""
 
+    def replace_reader(self, reader: FifoReader) -> FifoReader:
+        """Read ``reader`` from now on; returns the old one, still open, for a last drain."""
+        old, self.reader = self.reader, reader
+        self._selector.unregister(old.fd)
+        self._selector.register(reader.fd, selectors.EVENT_READ, None)
+        return old
+
     def watch(self, worker: Worker) -> None:
         if worker.pidfd is not None:
             self._selector.register(worker.pidfd, selectors.EVENT_READ, worker)
