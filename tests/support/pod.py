@@ -30,10 +30,23 @@ def can_make_pods() -> str | None:
 
 
 class Pod:
-    def __init__(self, workdir: Path) -> None:
+    """``volumes``: directories that get an empty tmpfs (mode 1777, as an emptyDir) seen only in the pod."""
+
+    def __init__(self, workdir: Path, volumes: Sequence[str] = ()) -> None:
         self.workdir = workdir
+        mounts = "".join(f"mkdir -p {v} && mount -t tmpfs -o mode=1777 pod-volume {v} && " for v in volumes)
         self._unshare = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PAUSE],
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "sh",
+                "-c",
+                f'{mounts}exec "$0" -c "$1"',
+                sys.executable,
+                PAUSE,
+            ],
             start_new_session=True,
         )
         self.init_host_pid = self._wait_for_init()
