@@ -158,12 +158,12 @@ def uses(query: Query) -> Uses:
             under = set(selector_names(node.lhs)) | set(selector_names(node.rhs))
             result.groupings.append((set(node.modifier.matching.labels), under))
         if isinstance(node, promql_parser.Call) and node.func.name in ("label_replace", "label_join"):
-            # (vector, destination, replacement or separator, source labels...)
-            result.made.add(node.args[1].val)
-            sources = {
-                arg.val for arg in node.args[3:] if node.func.name == "label_join" or arg is node.args[3]
-            }
-            result.groupings.append((sources, set(selector_names(node.args[0]))))
+            # label_replace(v, destination, replacement, source, regex)
+            # label_join(v, destination, separator, source, ...)
+            vector, destination, _, *rest = node.args
+            sources = rest if node.func.name == "label_join" else rest[:1]
+            result.made.add(destination.val)
+            result.groupings.append(({arg.val for arg in sources}, set(selector_names(vector))))
 
     promql_parser.walk(expr, visit)
     return result
@@ -174,14 +174,16 @@ def test_reading_a_query_sees_through_functions_aggregations_and_matching() -> N
         "example",
         'histogram_quantile(0.9, sum by (le, pod) (rate(a_bucket{reason!~"x|y"}[$__rate_interval])))'
         ' / on (pod) group_left () max_over_time(b[1h]) or vector(0) > bool {__name__="c"}'
-        ' or max by (n) (label_replace(d, "n", "$1", "src", "(.*)"))',
+        ' or max by (n) (label_replace(d, "n", "$1", "src", "(.*)"))'
+        ' or label_join(e, "j", ",", "s1", "s2")',
     )
     seen = uses(query)
-    assert seen.matchers == {"a_bucket": {"reason"}, "b": set(), "c": set(), "d": set()}
+    assert seen.matchers == {"a_bucket": {"reason"}, "b": set(), "c": set(), "d": set(), "e": set()}
     assert ({"le", "pod"}, {"a_bucket"}) in seen.groupings
     assert ({"pod"}, {"a_bucket", "b"}) in seen.groupings
     assert ({"src"}, {"d"}) in seen.groupings
-    assert seen.made == {"n"}
+    assert ({"s1", "s2"}, {"e"}) in seen.groupings
+    assert seen.made == {"n", "j"}
 
 
 # -- structure ------------------------------------------------------------------------------------
