@@ -13,7 +13,7 @@ from expiry.wire import Request, encode
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.processes import NotAttached, Worker
-from expiry_sidecar.server import Clock, TimerServer
+from expiry_sidecar.server import UNKILLABLE_AFTER, Clock, TimerServer
 from expiry_sidecar.timers import TimerBook
 
 
@@ -131,6 +131,21 @@ def test_an_exit_after_the_softer_signal_cancels_the_escalation(world: World) ->
     server.expire_due()
     assert world.signals == [(10, signal.SIGTERM)]
     assert server.stats.worker_exits == 0, "the escalation timer is not a timer the worker held"
+
+
+def test_a_worker_that_outlives_its_sigkill_is_reported_once(world: World) -> None:
+    server = world.server()
+    server.receive(line(10, "a", world.wall(1)) + line(11, "b", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    server.worker_exited(11)  # 11 died as it should; 10 is stuck in the kernel
+    world.now += UNKILLABLE_AFTER
+    server.expire_due()
+    world.now += 3600
+    server.expire_due()
+    assert server.stats.unkillable == 1
+    assert world.signals == [(10, 9), (11, 9)], "no signal is sent again"
+    assert server.stats.expirations == 2
 
 
 def test_release_and_release_of_an_unknown_scope(world: World) -> None:

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from expiry_sidecar import __version__, kills
-from expiry_sidecar.server import KillReport, Listener, TimerServer
+from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FAILURE_REASONS = tuple(o.value for o in kills.Outcome if o is not kills.Outcome.DELIVERED)
@@ -56,8 +56,11 @@ class ServerCollector(Collector):
             "expiry_expirations", "Timers that passed their deadline", value=stats.expirations
         )
         killed = CounterMetricFamily("expiry_kills", "Signals delivered to workers", labels=["signal"])
-        for name, count in sorted(stats.kills.items()):
-            killed.add_metric([name], count)
+        # The signals this sidecar sends by default exist from the start at 0, so that rate() and
+        # increase() see a pod's first kill (a series born at 1 has no increase to show).
+        expected = {"SIGKILL"} | ({signal_name(server.kill_signal)} if server.kill_signal else set())
+        for name in sorted(expected | set(stats.kills)):
+            killed.add_metric([name], stats.kills[name])
         yield killed
         failures = CounterMetricFamily("expiry_kill_failures", "Kills refused or failed", labels=["reason"])
         for reason in FAILURE_REASONS:
@@ -68,6 +71,11 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily(
             "expiry_worker_exits", "Workers that exited while holding armed timers", value=stats.worker_exits
+        )
+        yield CounterMetricFamily(
+            "expiry_unkillable_workers",
+            "Workers still alive 30 s after SIGKILL (stuck in uninterruptible sleep)",
+            value=stats.unkillable,
         )
         yield CounterMetricFamily(
             "expiry_state_restored_timers",

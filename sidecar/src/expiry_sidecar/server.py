@@ -12,7 +12,8 @@ The rules, in the order a request meets them:
    gets the signal (``kill_signal`` overrides the client's choice) unless it is protected, and all
    of its timers are cleared: a worker is killed once, however many of its timers expired.
 5. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
-   gets SIGKILL.
+   gets SIGKILL. One still alive ``UNKILLABLE_AFTER`` seconds after SIGKILL is stuck where no
+   signal reaches (uninterruptible sleep, e.g. on a dead NFS server): it is reported, loudly.
 6. A worker that exits disarms all its timers.
 """
 
@@ -35,7 +36,9 @@ from expiry_sidecar.timers import Timer, TimerBook
 log = logging.getLogger("expiry.sidecar")
 
 ESCALATION_SCOPE = "\0expiry:escalation"
-"""The scope of the SIGKILL armed after a softer signal; disarmed when the worker exits."""
+"""The scope reported for the SIGKILL that follows an unheeded softer signal."""
+UNKILLABLE_AFTER = 30.0
+"""Seconds a worker may outlive its SIGKILL before it is reported as stuck in the kernel."""
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Stats:
     expirations: int = 0
     escalations: int = 0
     worker_exits: int = 0
+    unkillable: int = 0
+    """Workers still alive UNKILLABLE_AFTER seconds after their SIGKILL."""
     kills: Counter[str] = field(default_factory=Counter)
     kill_failures: Counter[str] = field(default_factory=Counter)
     last_kill_time: float = 0.0
@@ -77,6 +82,13 @@ class Listener:
 
     def after_kill(self, report: KillReport) -> None:
         """Called once per signal attempted, delivered or not."""
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    deadline: float
+    escalate: bool
+    """True: SIGKILL the worker if still alive; False (it had SIGKILL): report it as unkillable."""
 
 
 @dataclass
@@ -111,6 +123,8 @@ class TimerServer:
         self._on_watch = on_watch
         self._on_unwatch = on_unwatch
         self._lines = LineSplitter()
+        self._follow_ups: dict[int, FollowUp] = {}
+        """Signalled workers to look at again: escalate to SIGKILL, or report as unkillable."""
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -197,28 +211,36 @@ class TimerServer:
     # -- deadlines -----------------------------------------------------------------------------
 
     def seconds_to_next_deadline(self) -> float | None:
-        deadline = self.book.next_deadline()
-        return None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+        deadlines = [f.deadline for f in self._follow_ups.values()]
+        if (deadline := self.book.next_deadline()) is not None:
+            deadlines.append(deadline)
+        return max(0.0, min(deadlines) - self.clock.monotonic()) if deadlines else None
 
     def expire_due(self) -> None:
         """Expire every timer whose deadline has passed, killing each worker at most once."""
+        now = self.clock.monotonic()
         killed: set[int] = set()
-        for timer in self.book.pop_due(self.clock.monotonic()):
-            escalation = timer.scope_id == ESCALATION_SCOPE
-            if not escalation:
-                self.stats.expirations += 1
-                log.info(
-                    "timer expired",
-                    extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal},
-                )
-            if timer.signal <= 0 or timer.pid in killed:
-                continue
-            killed.add(timer.pid)
-            self._kill(timer, escalation)
+        for timer in self.book.pop_due(now):
+            self.stats.expirations += 1
+            log.info(
+                "timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal}
+            )
+            if timer.signal > 0 and timer.pid not in killed:
+                killed.add(timer.pid)
+                self._kill(timer, self.kill_signal or timer.signal)
+        for pid, follow_up in list(self._follow_ups.items()):
+            if follow_up.deadline <= now:
+                del self._follow_ups[pid]
+                if follow_up.escalate:
+                    self._kill(
+                        Timer(pid, ESCALATION_SCOPE, follow_up.deadline, signals.SIGKILL), signals.SIGKILL
+                    )
+                else:
+                    self._report_unkillable(pid)
 
-    def _kill(self, timer: Timer, escalation: bool) -> None:
+    def _kill(self, timer: Timer, sig: int) -> None:
         worker = self.workers[timer.pid]
-        sig = signals.SIGKILL if escalation else (self.kill_signal or timer.signal)
+        escalation = timer.scope_id == ESCALATION_SCOPE
         for listener in self.listeners:
             listener.before_kill(worker, timer)
         outcome = self._send(worker, sig)
@@ -230,20 +252,31 @@ class TimerServer:
             self.stats.kills[signal_name(sig)] += 1
             self.stats.escalations += escalation
             self.stats.last_kill_time = self.clock.wall()
-            if sig != signals.SIGKILL and self.escalate_after > 0:
-                deadline = self.clock.monotonic() + self.escalate_after
-                self.book.arm(worker.pid, ESCALATION_SCOPE, deadline, signals.SIGKILL)
+            soft = sig != signals.SIGKILL and self.escalate_after > 0
+            if sig == signals.SIGKILL or soft:
+                wait = self.escalate_after if soft else UNKILLABLE_AFTER
+                self._follow_ups[worker.pid] = FollowUp(self.clock.monotonic() + wait, escalate=soft)
         else:
             self.stats.kill_failures[outcome.value] += 1
         for listener in self.listeners:
             listener.after_kill(report)
+
+    def _report_unkillable(self, pid: int) -> None:
+        self.stats.unkillable += 1
+        log.error(
+            "worker still alive %gs after SIGKILL: it is stuck in the kernel (uninterruptible sleep,"
+            " e.g. on a dead NFS server or a hung device); only the node can free it",
+            UNKILLABLE_AFTER,
+            extra={"pid": pid, "cmdline": self.workers[pid].cmdline},
+        )
 
     # -- workers -------------------------------------------------------------------------------
 
     def worker_exited(self, pid: int) -> None:
         """The worker's process is gone: disarm its timers and stop watching it."""
         worker = self.workers.pop(pid, None)
-        held = [t for t in self.book.forget(pid) if t.scope_id != ESCALATION_SCOPE]
+        self._follow_ups.pop(pid, None)
+        held = self.book.forget(pid)
         if held:
             self.stats.worker_exits += 1
             log.info("worker exited holding %d timer(s)", len(held), extra={"pid": pid})
