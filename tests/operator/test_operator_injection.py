@@ -6,6 +6,7 @@ import copy
 import json
 from typing import Any
 
+import jsonpatch
 import pytest
 
 from expiry import names
@@ -188,3 +189,33 @@ def test_regular_sidecar_exits_when_alone_only_for_pods_that_complete() -> None:
     never = inject(INJECTED_CASES["jobset"], native=False)
     assert "--exit-when-alone" not in sidecar_of(always)["args"]
     assert "--exit-when-alone" in sidecar_of(never)["args"]
+
+
+@pytest.mark.parametrize("name", sorted(INJECTED_CASES))
+def test_a_fresh_pod_is_patched_by_additions_only(name: str) -> None:
+    """The webhook's patch adds what expiry injects, and never rewrites the pod's own lists or maps."""
+    original = INJECTED_CASES[name]
+    outcome = admit(original, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(outcome, Injected)
+    assert {op["op"] for op in outcome.patch} == {"add"}
+    written = [op["path"] for op in outcome.patch if not op["path"].endswith("/-")]
+    for path in written:  # a whole field is written only where the pod had none (or an empty one)
+        *parent, field = jsonpatch.JsonPointer(path).parts
+        owner = jsonpatch.JsonPointer.from_parts(parent).resolve(original)
+        assert not owner.get(field) or path == "/spec/shareProcessNamespace", path
+
+
+def test_null_and_empty_fields_are_filled_in() -> None:
+    original = copy.deepcopy(INJECTED_CASES["pytorchjob-worker"])
+    original["metadata"]["labels"] = None
+    original["spec"]["volumes"] = []
+    original["spec"]["containers"][0]["env"] = None
+    original["spec"]["containers"][0]["volumeMounts"] = None
+    pod = inject(original, native=False)
+    trainer = pod["spec"]["containers"][0]
+    assert trainer["env"] == [{"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH}]
+    assert trainer["volumeMounts"] == [{"name": names.VOLUME_NAME, "mountPath": names.RUN_DIR}]
+    assert pod["metadata"]["labels"] == {names.INJECTED_LABEL: "true"}
+    assert pod["spec"]["volumes"] == [{"name": names.VOLUME_NAME, "emptyDir": {}}]
+    again = admit(pod, SETTINGS, native_sidecars_supported=False)
+    assert isinstance(again, Injected) and not again.changed

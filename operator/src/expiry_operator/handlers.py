@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from expiry import names
-from expiry_operator import metrics
+from expiry_operator import metrics, patch_relay
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import Settings
 from expiry_operator.unprotected import EVENT_REASON, UnprotectedPods
@@ -35,7 +35,8 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.mutate("pods", id=HANDLER_ID, operations=["CREATE"], registry=registry)
-    async def inject(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    async def inject(body: kopf.Body, **_: Any) -> None:
+        # The patch goes to the response through patch_relay, not kopf's ``patch`` (see there why).
         try:
             outcome = admit(dict(body), settings.sidecar, native_sidecars_supported=cluster.native_sidecars)
         except Exception:
@@ -49,7 +50,7 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
             logger.info("denied pod %s: %s", _pod_name(body), outcome.message)
             raise kopf.AdmissionError(outcome.message, code=outcome.code)
         if isinstance(outcome, Injected) and outcome.changed:
-            patch.fns.append(_replace_with(outcome.pod))
+            patch_relay.supply(outcome.patch)
             metrics.admissions.labels(result="injected").inc()
         else:
             metrics.admissions.labels(result="skipped").inc()
@@ -71,14 +72,6 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
                 metrics.unprotected_pods.labels(namespace=namespace).set(count)
 
     return registry
-
-
-def _replace_with(pod: dict[str, Any]) -> Any:
-    def replace(raw: Any) -> None:
-        raw.clear()
-        raw.update(pod)
-
-    return replace
 
 
 def _pod_name(body: Any) -> str:

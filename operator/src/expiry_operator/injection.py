@@ -1,8 +1,10 @@
-"""The injection core: a Pod (a plain dict) in, the pod to admit or a denial out. No I/O.
+"""The injection core: a Pod (a plain dict) in, the JSON patch that injects it or a denial out. No I/O.
 
-``admit`` never mutates its argument. For an already injected pod (one that carries the injection
-record) it strips what the record lists, injects afresh, and returns the input unchanged when the
-fresh injection is the same as the one already there, so reinvocation and restores are no-ops.
+``admit`` never mutates its argument. For a pod seen for the first time it writes the patch directly
+from what it adds (a handful of ``add`` operations), without copying or diffing the pod: that patch is
+what the webhook returns. For an already injected pod (one that carries the injection record) it
+strips what the record lists, injects afresh, and returns an empty patch when the fresh injection is
+the same as the one already there, so reinvocation and restores are no-ops.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import jsonpatch
+import jsonpointer
 
 from expiry import names
 from expiry_operator import record as records
@@ -27,14 +32,29 @@ from expiry_operator.settings import SidecarSettings
 from expiry_operator.sidecar_spec import DUMP_DIR_ENV, Identity, SidecarPlan, sidecar_container
 
 Pod = dict[str, Any]
+JsonPatch = list[dict[str, Any]]
+"""RFC 6902 operations, as a mutating webhook returns them."""
+
 BAD_REQUEST = 400
 FORBIDDEN = 403
 
 
 @dataclasses.dataclass(frozen=True)
 class Injected:
-    pod: Pod
-    changed: bool
+    """The pod is injected: ``patch`` turns ``original`` into the injected pod (empty: already is)."""
+
+    original: Mapping[str, Any]
+    patch: JsonPatch
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.patch)
+
+    @property
+    def pod(self) -> Pod:
+        """The injected pod, as a new object (the patch applied to a copy of the original)."""
+        pod: Pod = jsonpatch.apply_patch(dict(self.original), self.patch)
+        return pod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,66 +84,110 @@ def admit(pod: Mapping[str, Any], settings: SidecarSettings, *, native_sidecars_
         return Skipped(f'no {names.ENABLED_ANNOTATION}: "true" annotation')
     try:
         options = parse_options(annotations, settings)
-        result = _inject(pod, settings, options, native_sidecars_supported)
+        patch = _patch(pod, annotations.get(RECORD_ANNOTATION), settings, options, native_sidecars_supported)
     except OptionError as e:
         return Denied(f"expiry: {e}", BAD_REQUEST)
     except records.RecordError as e:
         return Denied(f"expiry: {e}", BAD_REQUEST)
     except _Deny as e:
         return Denied(f"expiry: {e}", e.code)
-    if RECORD_ANNOTATION in annotations and _canonical(result) == _canonical(pod):
-        return Injected(pod=copy.deepcopy(dict(pod)), changed=False)
-    return Injected(pod=result, changed=True)
+    return Injected(original=pod, patch=patch)
 
 
-def _inject(
-    original: Mapping[str, Any], settings: SidecarSettings, options: PodOptions, native_ok: bool
-) -> Pod:
-    pod: Pod = copy.deepcopy(dict(original))
-    metadata = pod.setdefault("metadata", {})
-    spec = pod.setdefault("spec", {})
+def _patch(
+    pod: Mapping[str, Any],
+    recorded: str | None,
+    settings: SidecarSettings,
+    options: PodOptions,
+    native_ok: bool,
+) -> JsonPatch:
+    spec = pod.get("spec") or {}
     _check_shape(spec)
     _check_process_namespace(spec)
-    recorded = metadata.get("annotations", {}).get(RECORD_ANNOTATION)
-    if recorded is not None:
-        records.strip(pod, records.loads(recorded))
+    if recorded is None:
+        return _injection(pod, settings, options, native_ok)
+    # Injected before: strip the recorded injection from a copy, inject that afresh, compare.
+    stripped: Pod = copy.deepcopy(dict(pod))
+    records.strip(stripped, records.loads(recorded))
+    result = jsonpatch.apply_patch(
+        stripped, _injection(stripped, settings, options, native_ok), in_place=True
+    )
+    if _canonical(result) == _canonical(pod):
+        return []
+    replaced: JsonPatch = jsonpatch.make_patch(dict(pod), result).patch  # rare: a repair or an upgrade
+    return replaced
 
+
+def _injection(
+    pod: Mapping[str, Any], settings: SidecarSettings, options: PodOptions, native_ok: bool
+) -> JsonPatch:
+    """The operations that inject ``pod``, which has no injection yet; the pod itself is not touched."""
+    metadata: Mapping[str, Any] = pod.get("metadata") or {}
+    spec: Mapping[str, Any] = pod.get("spec") or {}
     _check_reserved_name(spec)
     trainers = _trainers(spec, options.containers)
     native = {"true": True, "false": False}.get(options.native_sidecar, native_ok)
     plan = SidecarPlan(
         options=options,
-        identity=_identity(spec, trainers),
-        volume=_free_name(names.VOLUME_NAME, (v.get("name") for v in spec.get("volumes", []))),
+        identity=_identity(spec, [trainer for _, trainer in trainers]),
+        volume=_free_name(names.VOLUME_NAME, (v.get("name") for v in spec.get("volumes") or [])),
         metrics_port=_free_port(settings.metrics_port, spec),
         native=native,
         exit_when_alone=not native and spec.get("restartPolicy", "Always") != "Always",
         guaranteed_qos=_is_guaranteed(spec),
     )
     sidecar = sidecar_container(settings, plan)
+    ops: JsonPatch = []
+    env_added, mounts_added = {}, {}
+    for index, trainer in trainers:
+        path = f"/spec/containers/{index}"
+        env = _missing_env(trainer, _trainer_env(options))
+        _check_run_dir_free(trainer)
+        _append(ops, path, trainer, "env", [{"name": name, "value": value} for name, value in env])
+        _append(ops, path, trainer, "volumeMounts", [{"name": plan.volume, "mountPath": names.RUN_DIR}])
+        env_added[trainer["name"]] = tuple(name for name, _ in env)
+        mounts_added[trainer["name"]] = (plan.volume,)
     record = records.Record(
         containers=() if native else (sidecar["name"],),
         init_containers=(sidecar["name"],) if native else (),
         volumes=(plan.volume,),
-        env={},
-        volume_mounts={},
+        env=env_added,
+        volume_mounts=mounts_added,
         share_process_namespace="shareProcessNamespace" not in spec,
     )
-    env_added, mounts_added = {}, {}
-    for trainer in trainers:
-        env_added[trainer["name"]] = _add_env(trainer, _trainer_env(options))
-        _add_mount(trainer, plan.volume)
-        mounts_added[trainer["name"]] = (plan.volume,)
-    record = dataclasses.replace(record, env=env_added, volume_mounts=mounts_added)
-
-    spec.setdefault("initContainers" if native else "containers", []).append(sidecar)
-    spec.setdefault("volumes", []).append({"name": plan.volume, "emptyDir": {}})
-    spec["shareProcessNamespace"] = True
-    metadata.setdefault("labels", {})[names.INJECTED_LABEL] = "true"
-    metadata.setdefault("annotations", {}).update(
-        {names.STATUS_ANNOTATION: names.INJECTED, RECORD_ANNOTATION: record.dumps()}
+    _append(ops, "/spec", spec, "initContainers" if native else "containers", [sidecar])
+    _append(ops, "/spec", spec, "volumes", [{"name": plan.volume, "emptyDir": {}}])
+    ops.append({"op": "add", "path": "/spec/shareProcessNamespace", "value": True})
+    _put(ops, "/metadata", metadata, "labels", {names.INJECTED_LABEL: "true"})
+    _put(
+        ops,
+        "/metadata",
+        metadata,
+        "annotations",
+        {names.STATUS_ANNOTATION: names.INJECTED, RECORD_ANNOTATION: record.dumps()},
     )
-    return pod
+    return ops
+
+
+def _append(ops: JsonPatch, path: str, owner: Mapping[str, Any], field: str, items: list[Any]) -> None:
+    """Operations appending ``items`` to the list ``owner[field]`` (at ``path``), made if absent or empty."""
+    if not items:
+        return
+    if owner.get(field):
+        ops.extend({"op": "add", "path": f"{path}/{field}/-", "value": item} for item in items)
+    else:
+        ops.append({"op": "add", "path": f"{path}/{field}", "value": items})
+
+
+def _put(ops: JsonPatch, path: str, owner: Mapping[str, Any], field: str, entries: dict[str, str]) -> None:
+    """Operations setting ``entries`` in the map ``owner[field]`` (at ``path``), made if absent or empty."""
+    if owner.get(field):
+        ops.extend(
+            {"op": "add", "path": f"{path}/{field}/{jsonpointer.escape(key)}", "value": value}
+            for key, value in entries.items()
+        )
+    else:
+        ops.append({"op": "add", "path": f"{path}/{field}", "value": entries})
 
 
 def _check_shape(spec: Mapping[str, Any]) -> None:
@@ -168,13 +232,14 @@ def _check_reserved_name(spec: Mapping[str, Any]) -> None:
             )
 
 
-def _trainers(spec: Mapping[str, Any], wanted: tuple[str, ...] | None) -> list[dict[str, Any]]:
+def _trainers(spec: Mapping[str, Any], wanted: tuple[str, ...] | None) -> list[tuple[int, dict[str, Any]]]:
+    """The trainer containers, each with its index in ``spec.containers``."""
     containers: list[dict[str, Any]] = spec.get("containers") or []
     if not containers:
         raise _Deny("pod has no containers to protect", BAD_REQUEST)
     if wanted is None:
-        return containers
-    by_name = {c.get("name"): c for c in containers}
+        return list(enumerate(containers))
+    by_name = {c.get("name"): (index, c) for index, c in enumerate(containers)}
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
         raise _Deny(
@@ -239,10 +304,10 @@ def _trainer_env(options: PodOptions) -> list[tuple[str, str]]:
     return env
 
 
-def _add_env(container: dict[str, Any], wanted: list[tuple[str, str]]) -> tuple[str, ...]:
-    """Add the variables the container lacks; the names added are recorded for a later strip."""
+def _missing_env(container: Mapping[str, Any], wanted: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The variables the container lacks (to add, and record for a later strip)."""
     present = {item.get("name"): item for item in container.get("env") or []}
-    added = []
+    missing = []
     for name, value in wanted:
         if name in present:
             if present[name].get("value") != value:
@@ -252,20 +317,17 @@ def _add_env(container: dict[str, Any], wanted: list[tuple[str, str]]) -> tuple[
                     BAD_REQUEST,
                 )
             continue
-        container.setdefault("env", []).append({"name": name, "value": value})
-        added.append(name)
-    return tuple(added)
+        missing.append((name, value))
+    return missing
 
 
-def _add_mount(container: dict[str, Any], volume: str) -> None:
-    mounts = container.setdefault("volumeMounts", [])
-    if any(m.get("mountPath", "").rstrip("/") == names.RUN_DIR for m in mounts):
+def _check_run_dir_free(container: Mapping[str, Any]) -> None:
+    if any(m.get("mountPath", "").rstrip("/") == names.RUN_DIR for m in container.get("volumeMounts") or []):
         raise _Deny(
             f"container {container['name']} already mounts a volume at {names.RUN_DIR}, where expiry "
             "mounts the timer FIFO's volume. Remove that mount.",
             BAD_REQUEST,
         )
-    mounts.append({"name": volume, "mountPath": names.RUN_DIR})
 
 
 def _is_guaranteed(spec: Mapping[str, Any]) -> bool:

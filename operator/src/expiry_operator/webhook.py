@@ -1,12 +1,13 @@
 """The HTTPS server kopf's admission engine answers through.
 
-It differs from ``kopf.WebhookServer`` in three ways:
+It differs from ``kopf.WebhookServer`` in four ways:
 
 * a rotated certificate (a mounted Secret updated in place) is picked up without closing the
   listening socket: each new TLS connection is handed the newest successfully loaded context, and a
   half-written pair (new certificate, old key) is retried later instead of breaking the server;
 * a malformed, non-JSON or oversized body gets a 4xx with a reason, never a 500 or a crash;
-* it learns the cluster's version once kopf has logged in, for ``nativeSidecar: auto``.
+* it learns the cluster's version once kopf has logged in, for ``nativeSidecar: auto``;
+* the response's JSON patch is the one the handler computed (``patch_relay``), not kopf's diff.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import kopf
 from kopf._cogs.clients import scanning
 from kopf._core.engines import admission
 
-from expiry_operator import metrics
+from expiry_operator import metrics, patch_relay
 from expiry_operator.cluster import server_version, supports_native_sidecars
 from expiry_operator.handlers import ClusterInfo
 from expiry_operator.review import review_problem
@@ -154,7 +155,7 @@ class ExpiryWebhookServer(kopf.WebhookServer):
             metrics.admissions.labels(result="error").inc()
             raise aiohttp.web.HTTPBadRequest(text=f"malformed AdmissionReview: {problem}")
         sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
-        with metrics.admission_duration.time():
+        with metrics.admission_duration.time(), patch_relay.collecting() as patch:
             try:
                 response = await fn(
                     review,
@@ -166,4 +167,4 @@ class ExpiryWebhookServer(kopf.WebhookServer):
                 raise aiohttp.web.HTTPNotFound(text=str(e)) from None
             except admission.WebhookError as e:
                 raise aiohttp.web.HTTPBadRequest(text=str(e)) from None
-        return aiohttp.web.json_response(response)
+        return aiohttp.web.json_response(patch_relay.attach(response, patch))
