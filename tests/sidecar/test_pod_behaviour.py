@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import tempfile
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker, wait_for
+from tests.support.sidecar import Sidecar, Worker, raw_write, request, wait_for
 
 StartSidecar = Callable[..., Sidecar]
 
@@ -108,19 +106,6 @@ def test_one_expired_timer_kills_once_and_clears_the_others(pod: Pod, sidecar: S
     assert metrics("expiry_expirations_total") == 1
     assert metrics("expiry_timers_active") == 0
     assert metrics("expiry_worker_exits_total") == 0
-
-
-def raw_write(fifo: os.PathLike[str], data: bytes) -> None:
-    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        assert os.write(fd, data) == len(data)
-    finally:
-        os.close(fd)
-
-
-def request(pid: int, scope: str, expiration_time: float, sig: int = 9) -> bytes:
-    line = {"version": 1, "pid": pid, "scope_id": scope, "expiration_time": expiration_time, "signal": sig}
-    return json.dumps(line).encode() + b"\n"
 
 
 def test_malformed_lines_around_a_valid_request_in_one_write_do_not_hide_it(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from expiry_sidecar.state import JournaledBook, StateFile, boot_id, parse
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker, wait_for
+from tests.support.sidecar import Sidecar, Worker, raw_write, request, wait_for
 
 StartSidecar = Callable[..., Sidecar]
 
@@ -170,3 +170,31 @@ def test_a_deleted_fifo_is_recreated_and_old_clients_reconnect(pod: Pod, sidecar
     veteran.tell("go")  # its next write meets the closed old pipe, reconnects, and is honoured
     veteran.expect("armed")
     assert veteran.wait() == -signal.SIGKILL
+
+
+def test_a_full_volume_never_stops_the_sidecar_and_the_state_catches_up(tmp_path: Path) -> None:
+    pod = Pod(tmp_path, volumes=["/var/run/expiry-state:size=64k"])
+    try:
+        server = Sidecar(pod, "--state-file", "/var/run/expiry-state/state.json")
+        fill = pod.start(["sh", "-c", "head -c 1000000 /dev/zero > /var/run/expiry-state/filler"])
+        fill.wait()
+        holder = Worker(pod, server.fifo, "hang", "--after", "3600")
+        holder.expect("armed")
+        far = time.time() + 3600
+        raw_write(server.fifo, b"".join(request(holder.pid, f"{i:03}" + "x" * 200, far) for i in range(59)))
+        stuck = Worker(pod, server.fifo, "hang", "--after", "0.3")
+        stuck.expect("armed")
+        assert stuck.wait() == -signal.SIGKILL, "a full volume stopped the sidecar from killing"
+        metrics = server.wait_metric("expiry_state_errors_total", 1)
+        assert metrics("expiry_timers_active") == 60
+        assert any(e["message"].startswith("cannot write the state file") for e in server.logs())
+        assert pod.start(["rm", "/var/run/expiry-state/filler"]).wait() == 0
+        late = Worker(pod, server.fifo, "hang", "--after", "3600")  # a change after the retry interval
+        time.sleep(JournaledBook.RETRY_INTERVAL)
+        late.kill(signal.SIGTERM)
+        wait_for(lambda: any(e["message"] == "the state file is written again" for e in server.logs()))
+        crash(server)
+        restarted = Sidecar(pod, "--state-file", "/var/run/expiry-state/state.json")
+        assert restarted.metrics()("expiry_state_restored_timers_total") == 60
+    finally:
+        pod.close()

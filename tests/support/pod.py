@@ -30,11 +30,15 @@ def can_make_pods() -> str | None:
 
 
 class Pod:
-    """``volumes``: directories that get an empty tmpfs (mode 1777, as an emptyDir) seen only in the pod."""
+    """``volumes``: directories that get an empty tmpfs (mode 1777, as an emptyDir) seen only in the
+    pod; ``path:size=16k`` limits its size."""
 
     def __init__(self, workdir: Path, volumes: Sequence[str] = ()) -> None:
         self.workdir = workdir
-        mounts = "".join(f"mkdir -p {v} && mount -t tmpfs -o mode=1777 pod-volume {v} && " for v in volumes)
+        mounts = "".join(
+            f"mkdir -p {path} && mount -t tmpfs -o mode=1777{',' + size if size else ''} volume {path} && "
+            for path, _, size in (v.partition(":") for v in volumes)
+        )
         self._unshare = subprocess.Popen(
             [
                 "unshare",

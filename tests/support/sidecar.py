@@ -46,6 +46,19 @@ def as_user(uid: int | None) -> list[str]:
     return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
 
 
+def raw_write(fifo: Path, data: bytes) -> None:
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+
+
+def request(pid: int, scope: str, expiration_time: float, sig: int = 9) -> bytes:
+    line = {"version": 1, "pid": pid, "scope_id": scope, "expiration_time": expiration_time, "signal": sig}
+    return json.dumps(line).encode() + b"\n"
+
+
 class Metrics:
     """One scrape: sample values by name and labels."""
 

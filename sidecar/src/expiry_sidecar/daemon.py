@@ -101,7 +101,7 @@ class Sidecar:
         state = StateFile(path)
         saved = state.load()
         self.server.stats.state_errors = state.errors
-        book = JournaledBook(state, self.server.starttime_of)
+        book = JournaledBook(state, self.server.starttime_of, on_error=self._state_error)
         self.server.book = book
         self.server.restore(saved)
         book.snapshot()
@@ -119,6 +119,9 @@ class Sidecar:
         while chunk := old.read():
             self.server.receive(chunk)
         old.close()
+
+    def _state_error(self) -> None:
+        self.server.stats.state_errors += 1
 
     def run(self) -> int:
         """Serve until stopped (SIGTERM/SIGINT in ``serve``); returns the exit status."""

@@ -20,6 +20,7 @@ The state file is a journal of JSON lines on the shared volume::
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -139,12 +140,18 @@ class StateFile:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._lines = len(body)
 
-    def append(self, lines: list[str]) -> int:
-        """Append journal lines in one write; returns how many lines the journal now holds."""
-        assert self._fd is not None, "rewrite() first"
-        os.write(self._fd, ("\n".join(lines) + "\n").encode())
-        self._lines += len(lines)
+    @property
+    def lines(self) -> int:
+        """How many lines the journal holds."""
         return self._lines
+
+    def append(self, lines: list[str]) -> None:
+        """Append journal lines in one write (a short write, on a full volume, is an error)."""
+        assert self._fd is not None, "rewrite() first"
+        data = ("\n".join(lines) + "\n").encode()
+        if os.write(self._fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+        self._lines += len(lines)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -157,20 +164,37 @@ def _arm(timer: Timer, starttime: int) -> str:
 
 
 class JournaledBook(TimerBook):
-    """A TimerBook that records its changes in a StateFile, flushed once per loop turn."""
+    """A TimerBook that records its changes in a StateFile, flushed once per loop turn.
 
-    def __init__(self, state: StateFile, starttime_of: Callable[[int], int]) -> None:
+    A write that fails (the volume is full, or gone) never stops the sidecar: the timers stay armed
+    in memory, the failure is logged once and counted, and every ``RETRY_INTERVAL`` seconds a full
+    snapshot is tried until one succeeds, which brings the file up to date again.
+    """
+
+    RETRY_INTERVAL = 5.0
+
+    def __init__(
+        self,
+        state: StateFile,
+        starttime_of: Callable[[int], int],
+        on_error: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.state = state
         self.starttime_of = starttime_of
+        self.on_error = on_error
+        self.clock = clock
         self._pending: dict[tuple[int, str], Timer | None] = {}
         self._forgotten: set[int] = set()
+        self._failed_at: float | None = None
+        """When the last write failed; None while the file is up to date."""
 
     def snapshot(self) -> None:
         """Replace the journal by what is armed now (the old file stands until the rename)."""
         self._pending.clear()
         self._forgotten.clear()
-        self.state.rewrite(iter(self), self.starttime_of)
+        self._write(lambda: self.state.rewrite(iter(self), self.starttime_of))
 
     def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> None:
         super().arm(pid, scope_id, deadline, signal)
@@ -192,6 +216,13 @@ class JournaledBook(TimerBook):
         """Write this turn's net changes; rewrite the journal as a snapshot when it grew too long."""
         if not (self._pending or self._forgotten):
             return
+        if self._failed_at is not None:  # the journal missed changes: only a snapshot can mend it
+            if self.clock() - self._failed_at >= self.RETRY_INTERVAL:
+                self.snapshot()
+            else:
+                self._pending.clear()
+                self._forgotten.clear()
+            return
         lines: list[str] = [json.dumps(["forget", pid]) for pid in self._forgotten]
         for (pid, scope), timer in self._pending.items():
             if timer is None:
@@ -200,5 +231,24 @@ class JournaledBook(TimerBook):
                 lines.append(_arm(timer, self.starttime_of(pid)))
         self._pending.clear()
         self._forgotten.clear()
-        if self.state.append(lines) > COMPACT_FACTOR * len(self) + COMPACT_SLACK:
+        self._write(lambda: self.state.append(lines))
+        if self._failed_at is None and self.state.lines > COMPACT_FACTOR * len(self) + COMPACT_SLACK:
             self.snapshot()
+
+    def _write(self, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except OSError as exc:
+            if self._failed_at is None:
+                log.error(
+                    "cannot write the state file (%s): timers stay armed in memory; retrying every %gs",
+                    exc,
+                    self.RETRY_INTERVAL,
+                    extra={"state_file": str(self.state.path)},
+                )
+                self.on_error()
+            self._failed_at = self.clock()
+        else:
+            if self._failed_at is not None:
+                log.info("the state file is written again", extra={"state_file": str(self.state.path)})
+            self._failed_at = None
