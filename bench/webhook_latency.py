@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
+import os
 import ssl
 import statistics
 import sys
@@ -21,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -37,30 +38,96 @@ def _percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def _fire(operator: OperatorProcess, concurrency: int, total: int) -> list[float]:
-    context = ssl.create_default_context(cafile=str(operator.tls.ca))
+class _Connection:
+    """One keep-alive TLS connection, as the API server holds to a webhook: a request, then its answer.
+
+    Raw asyncio streams rather than an HTTP client library: the load generator shares the machine's
+    two cores with the operator, so it should cost as little CPU per request as possible.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+
+    @classmethod
+    async def open(cls, operator: OperatorProcess, context: ssl.SSLContext) -> _Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", operator.webhook_port, ssl=context)
+        return cls(reader, writer)
+
+    async def exchange(self, request: bytes) -> bytes:
+        """Send one request and read the whole response; returns its body."""
+        self._writer.write(request)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status, _, rest = head.partition(b"\r\n")
+        length = next(
+            int(value)
+            for name, _, value in (line.partition(b":") for line in rest.split(b"\r\n"))
+            if name.strip().lower() == b"content-length"
+        )
+        body = await self._reader.readexactly(length)
+        if status.split()[1] != b"200":
+            raise RuntimeError(f"unexpected answer: {status!r} {body[:300]!r}")
+        return body
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await self._writer.wait_closed()
+
+
+def _request(operator: OperatorProcess) -> bytes:
     body = json.dumps(admission_review(PYTORCHJOB_WORKER)).encode()
-    headers = {"Content-Type": "application/json"}
+    head = (
+        f"POST /expiry-inject HTTP/1.1\r\nHost: 127.0.0.1:{operator.webhook_port}\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclasses.dataclass
+class _Wave:
+    latencies: list[float]  # seconds, from sending a request to the last byte of its answer
+    operator_cpu: float  # seconds of CPU the operator process used during the timed requests
+    client_cpu: float  # the same for this process (the load generator; kmock idles in a thread)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def _fire(operator: OperatorProcess, concurrency: int, total: int, warmup: int) -> _Wave:
+    """Time ``total`` requests with ``concurrency`` in flight, one keep-alive connection each.
+
+    The connections are opened and used for ``warmup`` requests first, so no TLS handshake is timed.
+    """
+    context = ssl.create_default_context(cafile=str(operator.tls.ca))
+    request = _request(operator)
+    connections = [await _Connection.open(operator, context) for _ in range(concurrency)]
     latencies: list[float] = []
-    remaining = total
 
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency, ssl=context)
-    ) as session:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                async with session.post(operator.url, data=body, headers=headers) as reply:
-                    payload = await reply.json()
+    async def worker(connection: _Connection, count: int, record: bool) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            body = await connection.exchange(request)
+            if record:
                 latencies.append(time.perf_counter() - started)
-                if not payload["response"]["allowed"]:
-                    raise RuntimeError(f"unexpected denial: {payload}")
+            answer = json.loads(body)["response"]
+            if not answer["allowed"] or "patch" not in answer:
+                raise RuntimeError(f"expected an injected pod, got {answer}")
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+    async def wave(count: int, record: bool) -> None:
+        shares = [count // concurrency + (index < count % concurrency) for index in range(concurrency)]
+        await asyncio.gather(*(worker(c, n, record) for c, n in zip(connections, shares, strict=True)))
+
+    try:
+        await wave(warmup, record=False)
+        operator_cpu, client_cpu = _cpu_seconds(operator.pid), time.process_time()
+        await wave(total, record=True)
+        operator_cpu, client_cpu = _cpu_seconds(operator.pid) - operator_cpu, time.process_time() - client_cpu
+    finally:
+        for connection in connections:
+            await connection.close()
+    return _Wave(latencies, operator_cpu, client_cpu)
 
 
 def _rss_mib(pid: int) -> float:
@@ -83,15 +150,17 @@ def measure_levels(
         running_operator(workdir or Path(scratch)) as operator,
     ):
         rss_idle = _rss_mib(operator.pid)
-        asyncio.run(_fire(operator, max(concurrency), warmup))
         levels = {}
         for level in concurrency:
-            samples = asyncio.run(_fire(operator, level, requests))
+            wave = asyncio.run(_fire(operator, level, requests, max(warmup, level)))
+            samples = wave.latencies
             levels[level] = {
                 "requests": len(samples),
                 "p50_ms": statistics.median(samples) * 1000,
                 "p99_ms": _percentile(samples, 0.99) * 1000,
                 "max_ms": max(samples) * 1000,
+                "operator_cpu_ms_per_request": wave.operator_cpu / len(samples) * 1000,
+                "client_cpu_ms_per_request": wave.client_cpu / len(samples) * 1000,
             }
         return {"levels": levels, "rss_idle_mib": rss_idle, "rss_after_mib": _rss_mib(operator.pid)}
 
@@ -119,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     for level, row in figures["levels"].items():
         print(
             f"  concurrency {level:>3}: p50 {row['p50_ms']:6.2f} ms   p99 {row['p99_ms']:6.2f} ms"
-            f"   max {row['max_ms']:6.2f} ms   ({row['requests']} requests)"
+            f"   max {row['max_ms']:6.2f} ms   ({row['requests']} requests; CPU per request:"
+            f" operator {row['operator_cpu_ms_per_request']:.3f} ms, load generator"
+            f" {row['client_cpu_ms_per_request']:.3f} ms)"
         )
     idle, after = figures["rss_idle_mib"], figures["rss_after_mib"]
     print(f"operator RSS: {idle:.1f} MiB idle, {after:.1f} MiB after the run")
