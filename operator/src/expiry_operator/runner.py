@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import tempfile
 from pathlib import Path
@@ -42,6 +43,14 @@ def run(settings: Settings, *, self_signed: bool = False) -> int:
 
 async def _operate(settings: Settings, cert: Path, key: Path) -> None:
     ready = asyncio.Event()
+
+    def serving() -> None:
+        # What exists by now (modules, kopf's registry and settings, ...) lives as long as the process;
+        # frozen, it is no longer scanned by every full collection: those scans of ~80k objects took
+        # ~55 ms each, stalled every admission in flight and were the p99 latency under load.
+        gc.freeze()
+        ready.set()
+
     cluster = ClusterInfo()
     operator_settings = kopf.OperatorSettings()
     operator_settings.admission.server = ExpiryWebhookServer(
@@ -51,7 +60,7 @@ async def _operate(settings: Settings, cert: Path, key: Path) -> None:
         pkeyfile=str(key),
         cluster=cluster,
         native_sidecar=settings.sidecar.native_sidecar,
-        on_ready=ready.set,
+        on_ready=serving,
         reload_interval=settings.webhook.cert_reload_interval,
     )
     operator_settings.posting.level = logging.WARNING  # our own Events only, not every handler log line
