@@ -6,6 +6,7 @@ configured at all), workers are killed on time and the sidecar says so once in i
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
@@ -64,6 +65,15 @@ def log_lines(server: Sidecar, start: str) -> list[dict[str, Any]]:
     return [entry for entry in server.logs() if entry["message"].startswith(start)]
 
 
+EVENTS = "events.k8s.io/v1/events"
+
+
+def the_event(api: KubeApi, server: Sidecar) -> dict[str, Any]:
+    server.wait_metric("expiry_events_total", 1, result="recorded")
+    (event,) = api.objects(EVENTS, NAMESPACE)
+    return event
+
+
 def test_a_kill_is_recorded_as_a_warning_event_on_the_pod(
     pod: Pod, sidecar: StartSidecar, credentials: KubeApi
 ) -> None:
@@ -79,11 +89,11 @@ def test_a_kill_is_recorded_as_a_warning_event_on_the_pod(
     )
     server = sidecar("--events")
     worker = kill_one(pod, server)
-    metrics = server.wait_metric("expiry_events_total", 1, result="recorded")
-    assert metrics("expiry_events_total", result="failed") == 0
+    event = the_event(credentials, server)
+    assert server.metrics()("expiry_events_total", result="failed") == 0
 
-    (event,) = credentials.objects("v1/events", NAMESPACE)
-    assert event["involvedObject"] == {
+    # kubectl describe pod finds Events by the pod's name, namespace and uid.
+    assert event["regarding"] == {
         "apiVersion": "v1",
         "kind": "Pod",
         "name": POD,
@@ -92,15 +102,33 @@ def test_a_kill_is_recorded_as_a_warning_event_on_the_pod(
     }
     assert event["metadata"]["namespace"] == NAMESPACE
     assert event["metadata"]["name"].startswith(f"{POD}.")
-    assert (event["type"], event["reason"], event["count"]) == ("Warning", "WorkerKilled", 1)
-    assert event["source"] == {"component": "expiry-sidecar"}
-    assert event["firstTimestamp"] == event["lastTimestamp"]
-    message = event["message"]
+    assert (event["type"], event["reason"], event["action"]) == ("Warning", "WorkerKilled", "Kill")
+    assert (event["reportingController"], event["reportingInstance"]) == ("expiry.io/sidecar", POD)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|\+00:00)", event["eventTime"])
+    note = event["note"]
     kill_log = log_lines(server, "killed a stuck worker")[0]
-    assert f"pid {worker.pid} " in message
-    assert "SIGKILL" in message
-    assert "worker.py hang --after 0.2" in message
-    assert repr(kill_log["scope"]) in message, "the message names the expired scope"
+    assert f"pid {worker.pid} " in note
+    assert "SIGKILL" in note
+    assert "worker.py hang --after 0.2" in note
+    assert repr(kill_log["scope"]) in note, "the note names the expired scope"
+
+
+def test_the_uid_from_the_downward_api_needs_no_read_of_the_pod(
+    pod: Pod, sidecar: StartSidecar, credentials: KubeApi, in_pod: pytest.MonkeyPatch
+) -> None:
+    in_pod.setenv("EXPIRY_POD_UID", UID)
+    server = sidecar("--events")
+    kill_one(pod, server)
+    assert the_event(credentials, server)["regarding"]["uid"] == UID
+    assert credentials.call(lambda emulator: len(emulator["get", kmock.resource("v1/pods")])) == 0
+
+
+def test_a_pod_that_cannot_be_read_gives_an_event_without_a_uid(
+    pod: Pod, sidecar: StartSidecar, credentials: KubeApi
+) -> None:
+    server = sidecar("--events")  # the API has no such pod: 404
+    kill_one(pod, server)
+    assert "uid" not in the_event(credentials, server)["regarding"]
 
 
 def test_a_forbidden_api_is_logged_once_and_kills_go_on(
@@ -113,7 +141,7 @@ def test_a_forbidden_api_is_logged_once_and_kills_go_on(
         "reason": "Forbidden",
         "code": 403,
     }
-    credentials.call(lambda emulator: emulator["post", kmock.resource("v1/events")] << 403 << forbidden)
+    credentials.call(lambda emulator: emulator["post", kmock.resource(EVENTS)] << 403 << forbidden)
     server = sidecar("--events")
     kill_one(pod, server)
     kill_one(pod, server)

@@ -1,6 +1,6 @@
 """Kubernetes Events for kills, so ``kubectl describe pod`` says which worker was killed and why.
 
-Each kill (delivered or refused) becomes a core/v1 Event on the sidecar's own pod, named by the
+Each kill (delivered or refused) becomes an Event on the sidecar's own pod, named by the
 downward-API variables ``EXPIRY_POD_NAME`` and ``EXPIRY_POD_NAMESPACE`` (``EXPIRY_POD_UID`` too when
 set; otherwise the pod's uid is read from the API once, if the service account may). Credentials are
 the pod's service account (in-cluster config), or ``$KUBECONFIG`` when that is set.
@@ -36,14 +36,18 @@ POD_NAMESPACE_ENV = "EXPIRY_POD_NAMESPACE"
 POD_UID_ENV = "EXPIRY_POD_UID"
 KILLED = "WorkerKilled"
 KILL_FAILED = "WorkerKillFailed"
-COMPONENT = "expiry-sidecar"
+REPORTING_CONTROLLER = "expiry.io/sidecar"
+ACTION = "Kill"
 QUEUE_SIZE = 100
 REQUEST_TIMEOUT = (3.0, 5.0)
 """(connect, read) seconds for each API request."""
 FLUSH_TIMEOUT = 3.0
 """How long stopping the sidecar waits for queued Events to be posted."""
 MAX_FIELD = 200
-"""Command lines and scope ids are cut to this many characters in a message."""
+"""Command lines and scope ids are cut to this many characters in a note."""
+MAX_NOTE = 1024
+MAX_INSTANCE = 128
+"""The API server's limits: bytes of ``note``, characters of ``reportingInstance``."""
 
 Body = dict[str, Any]
 Result = str  # "recorded" | "failed"
@@ -77,26 +81,32 @@ class Poster(Protocol):
 
 
 def kill_event(pod: PodRef, report: KillReport, now: datetime) -> Body:
-    """The core/v1 Event for one kill (``kubectl describe pod`` lists these)."""
-    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The events.k8s.io/v1 Event for one kill.
+
+    ``kubectl describe pod`` lists it: both API groups serve the same Events, ``regarding`` is the
+    core ``involvedObject``, and describe finds Events by the pod's name, namespace and uid.
+    """
+    when = now.astimezone(UTC)
+    if when.microsecond == 0:
+        # The client writes a datetime without a fraction when it has none, and the API server's
+        # MicroTime insists on six digits.
+        when = when.replace(microsecond=1)
     regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
     if pod.uid:
         regarding["uid"] = pod.uid
-    suffix = f".{int(now.timestamp() * 1e9):x}{report.worker.pid:x}"
+    suffix = f".{int(when.timestamp() * 1e6):x}{report.worker.pid:x}"
     return {
-        "apiVersion": "v1",
+        "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
         "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
-        "involvedObject": regarding,
-        "reason": KILLED if report.outcome is kills.Outcome.DELIVERED else KILL_FAILED,
-        "message": kill_message(report),
+        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "regarding": regarding,
         "type": "Warning",
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": pod.name,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
+        "reason": KILLED if report.outcome is kills.Outcome.DELIVERED else KILL_FAILED,
+        "action": ACTION,
+        "note": kill_message(report).encode()[:MAX_NOTE].decode(errors="ignore"),
+        "reportingController": REPORTING_CONTROLLER,
+        "reportingInstance": pod.name[:MAX_INSTANCE],
     }
 
 
@@ -152,18 +162,23 @@ class KubernetesPoster:
         except (config.ConfigException, OSError) as exc:
             raise EventsUnavailable(f"no Kubernetes credentials: {exc}") from None
         configuration.retries = False  # best effort: the next Event is the retry
+        self._client = client
+        self._api_client = client.ApiClient(configuration)
         # Any: the client takes plain dicts for bodies, and raw responses, which its stubs deny.
-        self._api: Any = client.CoreV1Api(client.ApiClient(configuration))
+        # EventsV1Api, not CoreV1Api: the core API's module alone costs the process 20 MB.
+        self._events: Any = client.EventsV1Api(self._api_client)
 
     def pod_uid(self, pod: PodRef) -> str | None:
-        response = self._api.read_namespaced_pod(
+        """Only needed when the operator did not pass the uid (EXPIRY_POD_UID)."""
+        core: Any = self._client.CoreV1Api(self._api_client)
+        response = core.read_namespaced_pod(
             pod.name, pod.namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
         )
         uid = json.loads(response.data).get("metadata", {}).get("uid")
         return uid if isinstance(uid, str) and uid else None
 
     def post(self, namespace: str, body: Body) -> None:
-        self._api.create_namespaced_event(
+        self._events.create_namespaced_event(
             namespace, body, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
         )
 
@@ -266,7 +281,7 @@ class EventRecorder(Listener):
             self._pod = PodRef(self._pod.name, self._pod.namespace, uid)
             self._uid_settled = True
         if self._pod.uid:
-            body["involvedObject"]["uid"] = self._pod.uid
+            body["regarding"]["uid"] = self._pod.uid
 
     def _count(self, result: Result) -> None:
         with self._lock:
