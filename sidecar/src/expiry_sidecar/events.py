@@ -133,8 +133,8 @@ def describe_failure(exc: BaseException, pod: PodRef) -> str:
         why = f"the API server answered {status} {getattr(exc, 'reason', '') or ''}".rstrip()
         if status in (401, 403):
             why += (
-                f": the pod's service account needs RBAC permission to create events in namespace"
-                f" {pod.namespace}"
+                f": the pod's service account needs RBAC permission to create events (API group"
+                f" events.k8s.io) in namespace {pod.namespace}"
             )
         return why
     return f"{type(exc).__name__}: {exc}"
