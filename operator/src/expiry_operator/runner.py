@@ -6,9 +6,12 @@ import asyncio
 import gc
 import logging
 import tempfile
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import kopf
+import uvloop
 
 from expiry_operator.certificates import write_self_signed
 from expiry_operator.endpoints import start_endpoints
@@ -32,13 +35,19 @@ def run(settings: Settings, *, self_signed: bool = False) -> int:
     per_object.setLevel(logging.WARNING)
     per_object.addFilter(_DropExpectedDenials())
     if not self_signed:
-        asyncio.run(_operate(settings, Path(settings.webhook.cert_file), Path(settings.webhook.key_file)))
+        _run_loop(_operate(settings, Path(settings.webhook.cert_file), Path(settings.webhook.key_file)))
         return 0
     with tempfile.TemporaryDirectory(prefix="expiry-operator-") as directory:
         cert, key = write_self_signed(Path(directory))
         logger.info("self-signed mode: the certificate (also the CA to trust) is %s", cert)
-        asyncio.run(_operate(settings, cert, key))
+        _run_loop(_operate(settings, cert, key))
     return 0
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop, as kopf's own CLI does when it is installed (it is an operator dependency)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 async def _operate(settings: Settings, cert: Path, key: Path) -> None:
