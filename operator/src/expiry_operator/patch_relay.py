@@ -14,9 +14,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import contextvars
-import json
 from collections.abc import Iterator
 from typing import Any
+
+import orjson
 
 JsonPatch = list[dict[str, Any]]
 
@@ -46,6 +47,6 @@ def attach(response: dict[str, Any], operations: JsonPatch) -> dict[str, Any]:
     """kopf's AdmissionReview response, carrying ``operations`` as its patch when it allows the request."""
     payload = response["response"]
     if operations and payload.get("allowed"):
-        payload["patch"] = base64.b64encode(json.dumps(operations).encode()).decode("ascii")
+        payload["patch"] = base64.b64encode(orjson.dumps(operations)).decode("ascii")
         payload["patchType"] = "JSONPatch"
     return response

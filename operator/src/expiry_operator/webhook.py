@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 import aiohttp.web
 import kopf
+import orjson
 from kopf._cogs.clients import scanning
 from kopf._core.engines import admission
 
@@ -139,7 +139,7 @@ class ExpiryWebhookServer(kopf.WebhookServer):
     @staticmethod
     async def _serve_checked(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
         try:
-            review = json.loads(await request.read())
+            review = orjson.loads(await request.read())
         except aiohttp.web.HTTPRequestEntityTooLarge:
             metrics.admissions.labels(result="error").inc()
             raise aiohttp.web.HTTPRequestEntityTooLarge(
@@ -147,7 +147,7 @@ class ExpiryWebhookServer(kopf.WebhookServer):
                 actual_size=request.content_length or 0,
                 text="AdmissionReview too large",
             ) from None
-        except ValueError as e:  # not JSON, or not UTF-8
+        except orjson.JSONDecodeError as e:  # not JSON, or not UTF-8
             metrics.admissions.labels(result="error").inc()
             raise aiohttp.web.HTTPBadRequest(text=f"body is not JSON: {e}") from None
         problem = review_problem(review)
@@ -167,4 +167,5 @@ class ExpiryWebhookServer(kopf.WebhookServer):
                 raise aiohttp.web.HTTPNotFound(text=str(e)) from None
             except admission.WebhookError as e:
                 raise aiohttp.web.HTTPBadRequest(text=str(e)) from None
-        return aiohttp.web.json_response(patch_relay.attach(response, patch))
+        body = orjson.dumps(patch_relay.attach(response, patch))
+        return aiohttp.web.Response(body=body, content_type="application/json")
