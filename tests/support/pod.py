@@ -52,6 +52,7 @@ class Pod:
                 PAUSE,
             ],
             start_new_session=True,
+            stderr=subprocess.DEVNULL,  # unshare complains of the SIGKILL that ends the pod
         )
         self.init_host_pid = self._wait_for_init()
         self.processes: list[subprocess.Popen[str]] = []
