@@ -22,7 +22,8 @@ WORKER = textwrap.dedent(
     import os, sys, threading
     from expiry import FileTimerClient
 
-    def stuck_in_a_collective():
+    def stuck_in_a_collective(name):
+        print(name, os.getpid(), flush=True)  # from inside: a dump from now on shows this frame
         threading.Event().wait()
 
     client = FileTimerClient(sys.argv[1])
@@ -32,13 +33,11 @@ WORKER = textwrap.dedent(
         child = os.fork()
         if child == 0:
             client.acquire("child-step", 4e9)
-            print("child", os.getpid(), flush=True)
-            stuck_in_a_collective()
+            stuck_in_a_collective("child")
         print("parent", os.getpid(), flush=True)
         os.waitpid(child, 0)
     else:
-        print("pid", os.getpid(), flush=True)
-        stuck_in_a_collective()
+        stuck_in_a_collective("pid")
     """
 )
 
