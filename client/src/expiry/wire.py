@@ -70,11 +70,56 @@ def encode(request: Request) -> bytes:
 
 
 def decode(line: bytes | str) -> Request:
-    """Parse one line (without its newline); raise MalformedRequest saying what is wrong."""
+    """Parse one line (without its newline); raise MalformedRequest saying what is wrong.
+
+    This runs once per request in the sidecar, so a well-formed line takes a fast path: one call of
+    json's C scanner and plain type checks. Anything it does not accept goes to :func:`_decode_strictly`,
+    which decides (json.loads' rules: whitespace, a UTF-8 BOM...) and says what is wrong.
+    """
+    try:
+        text = line if isinstance(line, str) else line.decode()
+        obj, end = _scan(text, 0)
+    except (ValueError, StopIteration, RecursionError):
+        return _decode_strictly(line)
+    if end != len(text) or type(obj) is not dict:
+        return _decode_strictly(line)
+    get = obj.get
+    version, pid, scope_id = get("version"), get("pid"), get("scope_id")
+    expiration_time, sig, starttime, dump_signal = (
+        get("expiration_time"),
+        get("signal"),
+        get("starttime"),
+        get("dump_signal"),
+    )
+    if (
+        type(version) is int  # JSON's integers: bool is a subclass of int, not int itself
+        and version == VERSION
+        and type(pid) is int
+        and 0 < pid <= PID_MAX
+        and type(scope_id) is str
+        and type(expiration_time) in _NUMBERS
+        and -_INF < expiration_time < _INF  # finite (NaN fails both)
+        and type(sig) is int
+        and sig < _signal.NSIG
+        and (starttime is None or (type(starttime) is int and starttime >= 0))
+        and (dump_signal is None or (type(dump_signal) is int and 0 < dump_signal < _signal.NSIG))
+    ):
+        return Request(pid, scope_id, float(expiration_time), sig, starttime, dump_signal)
+    return _decode_strictly(line)
+
+
+_scan = json.JSONDecoder().scan_once
+_NUMBERS = (float, int)
+_INF = math.inf
+
+
+def _decode_strictly(line: bytes | str) -> Request:
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedRequest(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedRequest("not a request: nested too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedRequest(f"not a JSON object but {type(obj).__name__}")
     version = obj.get("version")
