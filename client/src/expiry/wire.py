@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import signal as _signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -83,7 +84,7 @@ def decode(line: bytes | str) -> Request:
         return _decode_strictly(line)
     if end != len(text) or type(obj) is not dict:
         return _decode_strictly(line)
-    get = obj.get
+    get: Callable[[str], Any] = obj.get
     version, pid, scope_id = get("version"), get("pid"), get("scope_id")
     expiration_time, sig, starttime, dump_signal = (
         get("expiration_time"),
@@ -108,7 +109,7 @@ def decode(line: bytes | str) -> Request:
     return _decode_strictly(line)
 
 
-_scan = json.JSONDecoder().scan_once
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _NUMBERS = (float, int)
 _INF = math.inf
 
