@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
 from expiry import names
+from expiry_sidecar.events import PodRef, kill_event
+from expiry_sidecar.kills import Outcome
+from expiry_sidecar.processes import Worker
+from expiry_sidecar.server import KillReport
 
 if TYPE_CHECKING:
     from conftest import Helm, Rendered
@@ -215,7 +220,7 @@ def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
     }
     rendered = helm.render(values)
     role = rendered.one("ClusterRole", "expiry-sidecar-events")
-    assert rules(role) == {("", "events", "create"), ("", "events", "patch")}
+    assert rules(role) == {(sidecar_event_api_group(), "events", "create")}
     assert role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     bindings = {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in rendered.all("RoleBinding")}
     assert bindings == {("ml", "trainer"), ("cv", "default")}
@@ -268,3 +273,11 @@ def test_the_operator_sees_the_values(helm: Helm) -> None:
         "client",
         False,
     )
+
+
+def sidecar_event_api_group() -> str:
+    """The API group of the Events the sidecar really posts (the role must grant exactly that)."""
+    pod = PodRef(name="trainer-0", namespace="ml")
+    report = KillReport(Worker(7, 1, None), "scope", 9, Outcome.DELIVERED, 0.001)
+    api_version: str = kill_event(pod, report, datetime.now(UTC))["apiVersion"]
+    return api_version.rpartition("/")[0]
