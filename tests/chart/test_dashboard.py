@@ -25,8 +25,7 @@ import promql_parser
 import pytest
 import yaml
 
-from expiry.names import DUMP_DIR_ENV, ENABLED_ANNOTATION
-from expiry_sidecar.events import POD_NAME_ENV, POD_NAMESPACE_ENV
+from expiry.names import DUMP_DIR_ENV, ENABLED_ANNOTATION, POD_NAME_ENV, POD_NAMESPACE_ENV
 from tests.operator.operator_harness import KubeApi, OperatorProcess, make_tls
 from tests.support.pod import Pod
 from tests.support.sidecar import Metrics, Sidecar, Worker, wait_for

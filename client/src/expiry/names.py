@@ -15,6 +15,11 @@ DUMP_DIR: Final = f"{RUN_DIR}/dumps"
 DUMP_DIR_ENV: Final = "EXPIRY_DUMP_DIR"
 """Set in trainers when stack dumps are on: the client then registers a faulthandler dump there."""
 
+POD_NAME_ENV: Final = "EXPIRY_POD_NAME"
+POD_NAMESPACE_ENV: Final = "EXPIRY_POD_NAMESPACE"
+POD_UID_ENV: Final = "EXPIRY_POD_UID"
+"""The sidecar's own pod, from the downward API (metadata.name, .namespace, .uid): where its Events go."""
+
 SIDECAR_CONTAINER: Final = "expiry-sidecar"
 VOLUME_NAME: Final = "expiry-run"
 METRICS_PORT: Final = 9464

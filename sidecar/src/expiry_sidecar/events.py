@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from expiry.names import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 from expiry_sidecar import kills
 from expiry_sidecar.server import KillReport, Listener, signal_name
 
 log = logging.getLogger("expiry.sidecar")
 
-POD_NAME_ENV = "EXPIRY_POD_NAME"
-POD_NAMESPACE_ENV = "EXPIRY_POD_NAMESPACE"
-POD_UID_ENV = "EXPIRY_POD_UID"
 KILLED = "WorkerKilled"
 KILL_FAILED = "WorkerKillFailed"
 REPORTING_CONTROLLER = "expiry.io/sidecar"
