@@ -13,7 +13,7 @@ from expiry.wire import Request, encode
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.processes import NotAttached, Worker
-from expiry_sidecar.server import UNKILLABLE_AFTER, Clock, TimerServer
+from expiry_sidecar.server import SCOPE_LABELS_MAX, UNKILLABLE_AFTER, Clock, TimerServer
 from expiry_sidecar.timers import TimerBook
 
 
@@ -146,6 +146,19 @@ def test_a_worker_that_outlives_its_sigkill_is_reported_once(world: World) -> No
     assert server.stats.unkillable == 1
     assert world.signals == [(10, 9), (11, 9)], "no signal is sent again"
     assert server.stats.expirations == 2
+
+
+def test_scopes_become_labels_only_on_request_and_only_so_many(world: World) -> None:
+    quiet, counting = world.server(), world.server(scope_metrics=True)
+    for server in (quiet, counting):
+        server.receive(b"".join(line(10, f"s{i}", world.wall(1), sig=0) for i in range(SCOPE_LABELS_MAX + 5)))
+    world.now += 2
+    for server in (quiet, counting):
+        server.expire_due()
+    assert quiet.stats.expirations_by_scope == {}
+    assert len(counting.stats.expirations_by_scope) == SCOPE_LABELS_MAX + 1
+    assert counting.stats.expirations_by_scope["other"] == 5
+    assert counting.stats.expirations == SCOPE_LABELS_MAX + 5
 
 
 def test_release_and_release_of_an_unknown_scope(world: World) -> None:

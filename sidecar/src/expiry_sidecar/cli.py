@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="SIGKILL a worker still alive this long after a softer signal (0: never; default 10)",
     )
+    common.add_argument(
+        "--scope-metrics",
+        action="store_true",
+        help="count expirations by scope id (expiry_expirations_by_scope_total; at most 200 scopes)",
+    )
     common.add_argument("--log-format", choices=["json", "text"], default="json")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
@@ -126,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         kill_signal=args.kill_signal,
         escalate_after=args.escalate_after,
+        scope_metrics=args.scope_metrics,
     )
     if args.command == "serve":
         options.fifo = args.fifo

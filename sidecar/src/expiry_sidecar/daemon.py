@@ -34,6 +34,7 @@ class Options:
     """0: no HTTP endpoint at all."""
     kill_signal: int | None = None
     escalate_after: float = 10.0
+    scope_metrics: bool = False
     state_file: Path | None = None
     exit_when_alone: bool = False
     alone_grace: float = alone.GRACE
@@ -70,6 +71,7 @@ class Sidecar:
         self.server = TimerServer(
             kill_signal=options.kill_signal,
             escalate_after=options.escalate_after,
+            scope_metrics=options.scope_metrics,
             listeners=[KillLog(), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,

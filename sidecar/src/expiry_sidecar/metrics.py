@@ -55,6 +55,13 @@ class ServerCollector(Collector):
         yield CounterMetricFamily(
             "expiry_expirations", "Timers that passed their deadline", value=stats.expirations
         )
+        if server.scope_metrics:
+            by_scope = CounterMetricFamily(
+                "expiry_expirations_by_scope", "Timers that passed their deadline, by scope", labels=["scope"]
+            )
+            for scope, count in sorted(stats.expirations_by_scope.items()):
+                by_scope.add_metric([scope], count)
+            yield by_scope
         killed = CounterMetricFamily("expiry_kills", "Signals delivered to workers", labels=["signal"])
         # The signals this sidecar sends by default exist from the start at 0, so that rate() and
         # increase() see a pod's first kill (a series born at 1 has no increase to show).

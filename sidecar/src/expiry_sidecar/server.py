@@ -37,6 +37,8 @@ log = logging.getLogger("expiry.sidecar")
 
 ESCALATION_SCOPE = "\0expiry:escalation"
 """The scope reported for the SIGKILL that follows an unheeded softer signal."""
+SCOPE_LABELS_MAX = 200
+"""Scope ids are unbounded; as labels (opt-in) they are capped so Prometheus is never flooded."""
 UNKILLABLE_AFTER = 30.0
 """Seconds a worker may outlive its SIGKILL before it is reported as stuck in the kernel."""
 
@@ -53,6 +55,8 @@ class Stats:
     worker_exits: int = 0
     unkillable: int = 0
     """Workers still alive UNKILLABLE_AFTER seconds after their SIGKILL."""
+    expirations_by_scope: Counter[str] = field(default_factory=Counter)
+    """Only with ``scope_metrics``: at most SCOPE_LABELS_MAX scopes, the rest counted as "other"."""
     kills: Counter[str] = field(default_factory=Counter)
     kill_failures: Counter[str] = field(default_factory=Counter)
     last_kill_time: float = 0.0
@@ -110,9 +114,11 @@ class TimerServer:
         on_watch: Callable[[Worker], None] = lambda worker: None,
         on_unwatch: Callable[[Worker], None] = lambda worker: None,
         book: TimerBook | None = None,
+        scope_metrics: bool = False,
     ) -> None:
         self.kill_signal = kill_signal
         self.escalate_after = escalate_after
+        self.scope_metrics = scope_metrics
         self.listeners = list(listeners)
         self.clock = clock or Clock()
         self.book = book if book is not None else TimerBook()
@@ -222,6 +228,14 @@ class TimerServer:
         killed: set[int] = set()
         for timer in self.book.pop_due(now):
             self.stats.expirations += 1
+            if self.scope_metrics:
+                by_scope = self.stats.expirations_by_scope
+                scope = (
+                    timer.scope_id
+                    if timer.scope_id in by_scope or len(by_scope) < SCOPE_LABELS_MAX
+                    else "other"
+                )
+                by_scope[scope] += 1
             log.info(
                 "timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal}
             )
