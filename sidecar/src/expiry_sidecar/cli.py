@@ -69,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count expirations by scope id (expiry_expirations_by_scope_total; at most 200 scopes)",
     )
+    common.add_argument(
+        "--stack-dumps",
+        type=Path,
+        metavar="DIR",
+        help="before a kill, capture the worker's Python stack into DIR and the log",
+    )
     common.add_argument("--log-format", choices=["json", "text"], default="json")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
@@ -100,12 +106,6 @@ def parser() -> argparse.ArgumentParser:
         help="record a Kubernetes Event on this pod per kill (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE"
         " and credentials allowed to create events)",
     )
-    serve.add_argument(
-        "--stack-dumps",
-        type=Path,
-        metavar="DIR",
-        help="before a kill, capture the worker's Python stack into DIR and the log",
-    )
 
     run = commands.add_parser(
         "run",
@@ -132,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kill_signal=args.kill_signal,
         escalate_after=args.escalate_after,
         scope_metrics=args.scope_metrics,
+        stack_dumps=args.stack_dumps,
     )
     if args.command == "serve":
         options.fifo = args.fifo
@@ -139,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.exit_when_alone = args.exit_when_alone
         options.alone_grace = args.alone_grace
         options.events = args.events
-        options.stack_dumps = args.stack_dumps
         return Sidecar(options).serve_until_signalled()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

@@ -3,6 +3,8 @@
 A private server on a FIFO in a fresh temporary directory; CMD runs with ``TORCHELASTIC_TIMER_FILE``
 pointing at it; the server stops when CMD exits, and CMD's exit status is returned (128 + the
 signal number when a signal ended it, as shells report it). SIGINT and SIGTERM are passed to CMD.
+With ``--stack-dumps DIR``, CMD gets ``EXPIRY_DUMP_DIR`` too, so expiry's client in it can dump its
+stacks when the sidecar asks, before the kill.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from expiry.names import TIMER_FILE_ENV
+from expiry.names import DUMP_DIR_ENV, TIMER_FILE_ENV
 from expiry_sidecar.daemon import Options, Sidecar
 
 
@@ -27,7 +29,10 @@ def run_command(options: Options, argv: Sequence[str], *, print_metrics: bool = 
     options.fifo = workdir / "timer.fifo"
     try:
         sidecar = Sidecar(options)
-        child = subprocess.Popen(argv, env={**os.environ, TIMER_FILE_ENV: str(options.fifo)})
+        env = {**os.environ, TIMER_FILE_ENV: str(options.fifo)}
+        if options.stack_dumps:
+            env[DUMP_DIR_ENV] = str(options.stack_dumps)
+        child = subprocess.Popen(argv, env=env)
         pidfd = os.pidfd_open(child.pid)
         sidecar.loop.watch_fd(pidfd, sidecar.loop.stop)
         for signum in (signal.SIGINT, signal.SIGTERM):

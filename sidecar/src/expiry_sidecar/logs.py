@@ -30,16 +30,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """For people at a terminal: the message, then the extra fields as key=value."""
+    """For people at a terminal: the message, the extra fields as key=value, then any multi-line
+    field (a stack dump) as an indented block below."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        extra = extra_fields(record)
+        blocks = {k: v for k, v in extra.items() if isinstance(v, str) and "\n" in v}
         fields = " ".join(
-            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in extra_fields(record).items()
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in extra.items() if k not in blocks
         )
-        return f"{super().format(record)} {fields}".rstrip()
+        text = f"{super().format(record)} {fields}".rstrip()
+        for name, block in blocks.items():
+            text += f"\n  {name}:\n" + "".join(f"    {line}\n" for line in block.rstrip().splitlines())
+        return text.rstrip()
 
 
 def configure(fmt: str, level: str) -> None:
