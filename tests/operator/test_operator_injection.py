@@ -219,3 +219,9 @@ def test_null_and_empty_fields_are_filled_in() -> None:
     assert pod["spec"]["volumes"] == [{"name": names.VOLUME_NAME, "emptyDir": {}}]
     again = admit(pod, SETTINGS, native_sidecars_supported=False)
     assert isinstance(again, Injected) and not again.changed
+
+
+def test_the_record_text_is_compact_sorted_json_as_earlier_versions_wrote_it() -> None:
+    """A pod injected by an older operator must not count as changed just because the text differs."""
+    text = inject(INJECTED_CASES["multi-container"])["metadata"]["annotations"][RECORD_ANNOTATION]
+    assert text == json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)

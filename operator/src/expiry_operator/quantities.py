@@ -4,6 +4,7 @@ Written out here rather than imported from the ``kubernetes`` package, whose imp
 whole generated API client for one small function.
 """
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -19,6 +20,7 @@ class QuantityError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=1024)  # every admission parses the same few ("10m", "64Mi", the pods' limits)
 def parse_quantity(text: str) -> Decimal:
     """The quantity's value in base units (cores, bytes); raises QuantityError naming the text."""
     match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
