@@ -49,7 +49,44 @@ class Request:
 
 
 def encode(request: Request) -> bytes:
-    """One newline-terminated line, ready for a single ``write()``."""
+    """One newline-terminated line, ready for a single ``write()``.
+
+    The bytes are exactly ``json.dumps(fields, separators=(",", ":"))``'s; plain values (every
+    request the client makes) are formatted directly, at a quarter of json.dumps' cost per call.
+    """
+    line = _format(request) if _plain(request) else _dumps(request)
+    if len(line) > PIPE_BUF:
+        raise ValueError(
+            f"request is {len(line)} bytes, over PIPE_BUF ({PIPE_BUF}) past which one write() is not"
+            f" atomic: shorten the scope id ({len(request.scope_id)} characters)"
+        )
+    return line
+
+
+def _plain(request: Request) -> bool:
+    """Only ints, a finite float and a str: values json.dumps writes as repr() does."""
+    expiration_time = request.expiration_time
+    return (
+        type(request.pid) is int
+        and type(request.scope_id) is str
+        and type(expiration_time) in _NUMBERS
+        and -_INF < expiration_time < _INF
+        and type(request.signal) is int
+        and type(request.starttime) in _OPTIONAL_INT
+        and type(request.dump_signal) in _OPTIONAL_INT
+    )
+
+
+def _format(request: Request) -> bytes:
+    starttime = "" if request.starttime is None else f',"starttime":{request.starttime}'
+    dump_signal = "" if request.dump_signal is None else f',"dump_signal":{request.dump_signal}'
+    return (
+        f'{{"version":{VERSION},"pid":{request.pid},"scope_id":{_quote(request.scope_id)},'
+        f'"expiration_time":{request.expiration_time!r},"signal":{request.signal}{starttime}{dump_signal}}}\n'
+    ).encode()
+
+
+def _dumps(request: Request) -> bytes:
     fields: dict[str, Any] = {
         "version": VERSION,
         "pid": request.pid,
@@ -61,13 +98,11 @@ def encode(request: Request) -> bytes:
         fields["starttime"] = request.starttime
     if request.dump_signal is not None:
         fields["dump_signal"] = request.dump_signal
-    line = (json.dumps(fields, separators=(",", ":")) + "\n").encode()
-    if len(line) > PIPE_BUF:
-        raise ValueError(
-            f"request is {len(line)} bytes, over PIPE_BUF ({PIPE_BUF}) past which one write() is not"
-            f" atomic: shorten the scope id ({len(request.scope_id)} characters)"
-        )
-    return line
+    return (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_OPTIONAL_INT = (int, type(None))
 
 
 def decode(line: bytes | str) -> Request:
