@@ -124,6 +124,8 @@ class ExpiryPeer(Peer):
                     "text",
                     "--log-level",
                     "warning",
+                    "--state-file",  # as the operator runs it: every change journaled
+                    str(workdir / "expiry-state.json"),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
