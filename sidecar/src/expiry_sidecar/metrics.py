@@ -22,6 +22,32 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 FAILURE_REASONS = tuple(o.value for o in kills.Outcome if o is not kills.Outcome.DELIVERED)
 
 
+PLAIN_COUNTERS = (
+    # (metric name without _total, help, Stats attribute)
+    ("expiry_malformed_requests", "Lines that were not a valid request", "malformed"),
+    (
+        "expiry_stale_requests",
+        "Acquires whose writer had exited, or whose pid was reused, before they were read",
+        "stale",
+    ),
+    ("expiry_expirations", "Timers that passed their deadline", "expirations"),
+    ("expiry_escalations", "SIGKILLs sent after a softer signal went unheeded", "escalations"),
+    ("expiry_worker_exits", "Workers that exited while holding armed timers", "worker_exits"),
+    (
+        "expiry_unkillable_workers",
+        "Workers still alive 30 s after SIGKILL (stuck in uninterruptible sleep)",
+        "unkillable",
+    ),
+    ("expiry_state_restored_timers", "Timers taken over from the state file at start", "restored"),
+    (
+        "expiry_state_dropped_timers",
+        "Saved timers dropped at start because their worker had exited meanwhile",
+        "restore_dropped",
+    ),
+    ("expiry_state_errors", "State files found unusable, or writes to them that failed", "state_errors"),
+)
+
+
 class ServerCollector(Collector):
     def __init__(self, server: TimerServer) -> None:
         self.server = server
@@ -40,68 +66,48 @@ class ServerCollector(Collector):
             yield GaugeMetricFamily(
                 "expiry_next_deadline_seconds", "Seconds until the nearest armed deadline", value=remaining
             )
-        requests = CounterMetricFamily("expiry_requests", "Well-formed requests by kind", labels=["kind"])
-        requests.add_metric(["acquire"], stats.acquires)
-        requests.add_metric(["release"], stats.releases)
-        yield requests
-        yield CounterMetricFamily(
-            "expiry_malformed_requests", "Lines that were not a valid request", value=stats.malformed
-        )
-        yield CounterMetricFamily(
-            "expiry_stale_requests",
-            "Acquires whose writer had exited, or whose pid was reused, before they were read",
-            value=stats.stale,
-        )
-        yield CounterMetricFamily(
-            "expiry_expirations", "Timers that passed their deadline", value=stats.expirations
-        )
-        if server.scope_metrics:
-            by_scope = CounterMetricFamily(
-                "expiry_expirations_by_scope", "Timers that passed their deadline, by scope", labels=["scope"]
-            )
-            for scope, count in sorted(stats.expirations_by_scope.items()):
-                by_scope.add_metric([scope], count)
-            yield by_scope
-        killed = CounterMetricFamily("expiry_kills", "Signals delivered to workers", labels=["signal"])
-        # The signals this sidecar sends by default exist from the start at 0, so that rate() and
-        # increase() see a pod's first kill (a series born at 1 has no increase to show).
-        expected = {"SIGKILL"} | ({signal_name(server.kill_signal)} if server.kill_signal else set())
-        for name in sorted(expected | set(stats.kills)):
-            killed.add_metric([name], stats.kills[name])
-        yield killed
-        failures = CounterMetricFamily("expiry_kill_failures", "Kills refused or failed", labels=["reason"])
-        for reason in FAILURE_REASONS:
-            failures.add_metric([reason], stats.kill_failures[reason])
-        yield failures
-        yield CounterMetricFamily(
-            "expiry_escalations", "SIGKILLs sent after a softer signal went unheeded", value=stats.escalations
-        )
-        yield CounterMetricFamily(
-            "expiry_worker_exits", "Workers that exited while holding armed timers", value=stats.worker_exits
-        )
-        yield CounterMetricFamily(
-            "expiry_unkillable_workers",
-            "Workers still alive 30 s after SIGKILL (stuck in uninterruptible sleep)",
-            value=stats.unkillable,
-        )
-        yield CounterMetricFamily(
-            "expiry_state_restored_timers",
-            "Timers taken over from the state file at start",
-            value=stats.restored,
-        )
-        yield CounterMetricFamily(
-            "expiry_state_dropped_timers",
-            "Saved timers dropped at start because their worker had exited meanwhile",
-            value=stats.restore_dropped,
-        )
-        yield CounterMetricFamily(
-            "expiry_state_errors", "State files found unusable and set aside", value=stats.state_errors
-        )
         yield GaugeMetricFamily(
             "expiry_last_kill_timestamp_seconds",
             "Unix time of the last signal delivered",
             value=stats.last_kill_time,
         )
+        for name, documentation, attribute in PLAIN_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(stats, attribute))
+        yield _labelled(
+            "expiry_requests",
+            "Well-formed requests by kind",
+            "kind",
+            {"acquire": stats.acquires, "release": stats.releases},
+        )
+        # The signals this sidecar sends by default exist from the start at 0, so that rate() and
+        # increase() see a pod's first kill (a series born at 1 has no increase to show).
+        expected = {"SIGKILL"} | ({signal_name(server.kill_signal)} if server.kill_signal else set())
+        yield _labelled(
+            "expiry_kills",
+            "Signals delivered to workers",
+            "signal",
+            {name: stats.kills[name] for name in sorted(expected | set(stats.kills))},
+        )
+        yield _labelled(
+            "expiry_kill_failures",
+            "Kills refused or failed",
+            "reason",
+            {reason: stats.kill_failures[reason] for reason in FAILURE_REASONS},
+        )
+        if server.scope_metrics:
+            yield _labelled(
+                "expiry_expirations_by_scope",
+                "Timers that passed their deadline, by scope",
+                "scope",
+                dict(sorted(stats.expirations_by_scope.items())),
+            )
+
+
+def _labelled(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([value], count)
+    return family
 
 
 def _info(version: str) -> GaugeMetricFamily:
@@ -133,10 +139,7 @@ class ResultCounter(Collector):
         self.name, self.documentation, self.results, self.counts = name, documentation, results, counts
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=["result"])
-        for result in self.results:
-            family.add_metric([result], self.counts[result])
-        yield family
+        yield _labelled(self.name, self.documentation, "result", {r: self.counts[r] for r in self.results})
 
 
 def stack_dump_counter(counts: Counter[str]) -> ResultCounter:
