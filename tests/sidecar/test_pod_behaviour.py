@@ -158,9 +158,7 @@ def test_a_pid_reused_by_an_innocent_process_is_never_signalled(pod: Pod, sideca
     worker.tell("exit")
     assert worker.wait() == 0
     server.wait_metric("expiry_worker_exits_total", 1)
-    innocent = pod.python("-c", REUSE_PID, str(worker.pid))
-    assert innocent.stdout is not None
-    assert int(innocent.stdout.readline()) == worker.pid, "could not reuse the pid"
+    innocent = pod.reuse_pid(worker.pid)
     time.sleep(0.8)  # past the dead worker's deadline
     assert innocent.poll() is None, "the innocent process holding the reused pid was killed"
     assert server.metrics()("expiry_kills_total", signal="SIGKILL") == 0
@@ -174,25 +172,12 @@ def test_a_request_read_after_its_pid_was_reused_arms_nothing(pod: Pod, sidecar:
     worker.expect("armed")
     worker.tell("exit")
     assert worker.wait() == 0
-    innocent = pod.python("-c", REUSE_PID, str(worker.pid))
-    assert innocent.stdout is not None
-    assert int(innocent.stdout.readline()) == worker.pid, "could not reuse the pid"
+    innocent = pod.reuse_pid(worker.pid)
     server.signal(signal.SIGCONT)
     metrics = server.wait_metric("expiry_stale_requests_total", 1)
     assert metrics("expiry_timers_active") == 0
     time.sleep(0.5)
     assert innocent.poll() is None
-
-
-REUSE_PID = """
-import os, subprocess, sys
-target = int(sys.argv[1])
-with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-    f.write(str(target - 1))
-code = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
-child = subprocess.Popen([sys.executable, "-c", code])
-child.wait()
-"""
 
 
 def test_a_softer_signal_is_escalated_to_sigkill_when_ignored(pod: Pod, sidecar: StartSidecar) -> None:

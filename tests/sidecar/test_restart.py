@@ -20,13 +20,19 @@ def crash(server: Sidecar) -> None:
     assert server.process.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_a_restarted_sidecar_still_kills_a_stuck_worker_on_time(pod: Pod, sidecar: StartSidecar) -> None:
+def armed_then_crashed(pod: Pod, sidecar: StartSidecar, action: str, after: float) -> tuple[Worker, Path]:
+    """A worker with one armed timer, and the state file of the sidecar that was SIGKILLed holding it."""
     state = pod.workdir / "state.json"
     first = sidecar("--state-file", str(state))
-    worker = Worker(pod, first.fifo, "hang", "--after", "2")
+    worker = Worker(pod, first.fifo, action, "--after", str(after))
     worker.expect("armed")
     first.wait_metric("expiry_timers_active", 1)
     crash(first)
+    return worker, state
+
+
+def test_a_restarted_sidecar_still_kills_a_stuck_worker_on_time(pod: Pod, sidecar: StartSidecar) -> None:
+    worker, state = armed_then_crashed(pod, sidecar, "hang", after=2)
     second = sidecar("--state-file", str(state))
     assert worker.wait() == -signal.SIGKILL
     metrics = second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
@@ -37,12 +43,7 @@ def test_a_restarted_sidecar_still_kills_a_stuck_worker_on_time(pod: Pod, sideca
 def test_a_deadline_that_passed_while_no_sidecar_ran_fires_at_restart(
     pod: Pod, sidecar: StartSidecar
 ) -> None:
-    state = pod.workdir / "state.json"
-    first = sidecar("--state-file", str(state))
-    worker = Worker(pod, first.fifo, "hang", "--after", "0.3")
-    worker.expect("armed")
-    first.wait_metric("expiry_timers_active", 1)
-    crash(first)
+    worker, state = armed_then_crashed(pod, sidecar, "hang", after=0.3)
     time.sleep(0.6)
     assert worker.alive()
     second = sidecar("--state-file", str(state))
@@ -56,32 +57,16 @@ def test_a_deadline_that_passed_while_no_sidecar_ran_fires_at_restart(
 def test_timers_of_workers_gone_meanwhile_are_dropped_and_their_pid_reusers_spared(
     pod: Pod, sidecar: StartSidecar
 ) -> None:
-    state = pod.workdir / "state.json"
-    first = sidecar("--state-file", str(state))
-    worker = Worker(pod, first.fifo, "exit", "--after", "1")
-    worker.expect("armed")
-    first.wait_metric("expiry_timers_active", 1)
-    crash(first)
+    worker, state = armed_then_crashed(pod, sidecar, "exit", after=1)
     worker.tell("exit")
     assert worker.wait() == 0
-    innocent = pod.python("-c", REUSE_PID, str(worker.pid))
-    assert innocent.stdout is not None
-    assert int(innocent.stdout.readline()) == worker.pid, "could not reuse the pid"
+    innocent = pod.reuse_pid(worker.pid)
     second = sidecar("--state-file", str(state))
     metrics = second.wait_metric("expiry_state_dropped_timers_total", 1)
     assert metrics("expiry_state_restored_timers_total") == 0
     assert metrics("expiry_timers_active") == 0
     time.sleep(1.2)
     assert innocent.poll() is None
-
-
-REUSE_PID = """
-import subprocess, sys
-with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-    f.write(str(int(sys.argv[1]) - 1))
-code = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
-subprocess.Popen([sys.executable, "-c", code]).wait()
-"""
 
 
 def test_a_corrupt_state_file_is_set_aside_and_reported(pod: Pod, sidecar: StartSidecar) -> None:

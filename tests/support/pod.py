@@ -20,6 +20,15 @@ from typing import Any
 PAUSE = "import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nwhile True:\n    signal.pause()\n"
 
 
+REUSE_PID = """
+import subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:  # the next pid handed out is this + 1
+    f.write(str(int(sys.argv[1]) - 1))
+code = "import os, time; print(os.getpid(), flush=True); time.sleep(3600)"
+subprocess.Popen([sys.executable, "-c", code]).wait()
+"""
+
+
 def can_make_pods() -> str | None:
     """Why pods cannot be made here, or None."""
     if os.geteuid() != 0:
@@ -77,6 +86,13 @@ class Pod:
 
     def python(self, *args: str, **popen: Any) -> subprocess.Popen[str]:
         return self.start([sys.executable, *args], **popen)
+
+    def reuse_pid(self, pid: int) -> subprocess.Popen[str]:
+        """Start a sleeping innocent process that gets ``pid`` (free again, after its owner died)."""
+        innocent = self.python("-c", REUSE_PID, str(pid))
+        assert innocent.stdout is not None
+        assert int(innocent.stdout.readline()) == pid, "could not reuse the pid"
+        return innocent
 
     def close(self) -> None:
         """End the pod: when its PID 1 dies the kernel kills everything left in the namespace."""
