@@ -13,7 +13,6 @@ from typing import Any
 import kopf
 import uvloop
 
-from expiry_operator.certificates import write_self_signed
 from expiry_operator.endpoints import start_endpoints
 from expiry_operator.handlers import HANDLER_ID, ClusterInfo, build_registry
 from expiry_operator.settings import Settings
@@ -37,6 +36,9 @@ def run(settings: Settings, *, self_signed: bool = False) -> int:
     if not self_signed:
         _run_loop(_operate(settings, Path(settings.webhook.cert_file), Path(settings.webhook.key_file)))
         return 0
+    # Imported here: cryptography costs the long-running process ~9 MiB of RSS it needs only for this.
+    from expiry_operator.certificates import write_self_signed
+
     with tempfile.TemporaryDirectory(prefix="expiry-operator-") as directory:
         cert, key = write_self_signed(Path(directory))
         logger.info("self-signed mode: the certificate (also the CA to trust) is %s", cert)
