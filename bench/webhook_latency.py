@@ -88,6 +88,7 @@ class _Wave:
     latencies: list[float]  # seconds, from sending a request to the last byte of its answer
     operator_cpu: float  # seconds of CPU the operator process used during the timed requests
     client_cpu: float  # the same for this process (the load generator; kmock idles in a thread)
+    wall: float  # seconds the timed requests took, first sent to last answered
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -121,13 +122,14 @@ async def _fire(operator: OperatorProcess, concurrency: int, total: int, warmup:
 
     try:
         await wave(warmup, record=False)
-        operator_cpu, client_cpu = _cpu_seconds(operator.pid), time.process_time()
+        operator_cpu, client_cpu, wall = _cpu_seconds(operator.pid), time.process_time(), time.perf_counter()
         await wave(total, record=True)
         operator_cpu, client_cpu = _cpu_seconds(operator.pid) - operator_cpu, time.process_time() - client_cpu
+        wall = time.perf_counter() - wall
     finally:
         for connection in connections:
             await connection.close()
-    return _Wave(latencies, operator_cpu, client_cpu)
+    return _Wave(latencies, operator_cpu, client_cpu, wall)
 
 
 def _rss_mib(pid: int) -> float:
@@ -159,6 +161,7 @@ def measure_levels(
                 "p50_ms": statistics.median(samples) * 1000,
                 "p99_ms": _percentile(samples, 0.99) * 1000,
                 "max_ms": max(samples) * 1000,
+                "throughput_rps": len(samples) / wave.wall,
                 "operator_cpu_ms_per_request": wave.operator_cpu / len(samples) * 1000,
                 "client_cpu_ms_per_request": wave.client_cpu / len(samples) * 1000,
             }
@@ -188,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     for level, row in figures["levels"].items():
         print(
             f"  concurrency {level:>3}: p50 {row['p50_ms']:6.2f} ms   p99 {row['p99_ms']:6.2f} ms"
-            f"   max {row['max_ms']:6.2f} ms   ({row['requests']} requests; CPU per request:"
-            f" operator {row['operator_cpu_ms_per_request']:.3f} ms, load generator"
-            f" {row['client_cpu_ms_per_request']:.3f} ms)"
+            f"   max {row['max_ms']:6.2f} ms   {row['throughput_rps']:5.0f} requests/s ({row['requests']})"
+        )
+        print(
+            f"                   CPU per request: operator {row['operator_cpu_ms_per_request']:.3f} ms,"
+            f" load generator {row['client_cpu_ms_per_request']:.3f} ms"
         )
     idle, after = figures["rss_idle_mib"], figures["rss_after_mib"]
     print(f"operator RSS: {idle:.1f} MiB idle, {after:.1f} MiB after the run")
+    print(f"load average (other processes share the cores): {os.getloadavg()[0]:.2f}")
     return 0
 
 
