@@ -40,7 +40,12 @@ def run(ctx: Context) -> list[Row]:
             touch(peer)
             idle[name] = procfs.rss_bytes(peer.pid)
             holder, _ = hold(peer, armed)
-            loaded[name] = procfs.rss_bytes(peer.pid)
+            loaded[name] = rss = procfs.rss_bytes(peer.pid)
+            ctx.notes.append(
+                f"Memory, {name}: of the {mb(rss)} MB with {armed:,} timers,"
+                f" {mb(procfs.rss_bytes(peer.pid, 'RssFile'))} MB are mapped files (the interpreter and"
+                " shared libraries, shared with other processes using them)."
+            )
             holder.close()
     ctx.notes.append(
         f"Memory: a bare Python interpreter (python -S) has {mb(interpreter_baseline())} MB resident."

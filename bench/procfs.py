@@ -33,9 +33,9 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def rss_bytes(pid: int) -> int:
-    """VmRSS: the process's resident memory."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS: the process's resident memory (RssAnon: the part that is its own, not mapped files)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise LookupError(f"no VmRSS for pid {pid}")
+    raise LookupError(f"no {field} for pid {pid}")
