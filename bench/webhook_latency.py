@@ -3,6 +3,10 @@
 Starts kmock (the Kubernetes API emulator) and the real ``expiry-operator run`` process, fires
 AdmissionReview requests for a realistic training pod over keep-alive TLS connections (as the API
 server does) at each concurrency level, and prints p50/p99 latency per level and the operator's RSS.
+Each level is a closed loop (that many requests always in flight: the throughput at saturation); the
+largest level is then repeated as bursts (that many sent at once, then quiet: a job's pods created).
+The load generator is this process, on raw asyncio TLS streams; it prints its own CPU per request
+next to the operator's, since both share the machine's cores (see docs/operator.md, Performance).
 
     .venv/bin/python bench/webhook_latency.py [--requests 2000] [--concurrency 1 50]
 
@@ -31,6 +35,8 @@ if str(REPO) not in sys.path:
 
 from tests.operator.operator_harness import OperatorProcess, admission_review, running_operator  # noqa: E402
 from tests.operator.pod_corpus import PYTORCHJOB_WORKER  # noqa: E402
+
+BURST_PAUSE = 0.05  # seconds of quiet between bursts
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -96,9 +102,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def _fire(operator: OperatorProcess, concurrency: int, total: int, warmup: int) -> _Wave:
-    """Time ``total`` requests with ``concurrency`` in flight, one keep-alive connection each.
+async def _fire(
+    operator: OperatorProcess, concurrency: int, total: int, warmup: int, *, bursts: bool = False
+) -> _Wave:
+    """Time ``total`` requests over ``concurrency`` keep-alive connections.
 
+    Closed loop (the default): each connection sends its next request as soon as it has the answer,
+    so ``concurrency`` requests are always in flight: the operator's throughput at saturation.
+    ``bursts``: every connection sends one request at the same moment, all are answered, a pause
+    follows; e.g. the worker pods of a 50-replica PyTorchJob created at once.
     The connections are opened and used for ``warmup`` requests first, so no TLS handshake is timed.
     """
     context = ssl.create_default_context(cafile=str(operator.tls.ca))
@@ -117,6 +129,11 @@ async def _fire(operator: OperatorProcess, concurrency: int, total: int, warmup:
                 raise RuntimeError(f"expected an injected pod, got {answer}")
 
     async def wave(count: int, record: bool) -> None:
+        if bursts:
+            for _ in range(-(-count // concurrency)):
+                await asyncio.gather(*(worker(c, 1, record) for c in connections))
+                await asyncio.sleep(BURST_PAUSE)
+            return
         shares = [count // concurrency + (index < count % concurrency) for index in range(concurrency)]
         await asyncio.gather(*(worker(c, n, record) for c, n in zip(connections, shares, strict=True)))
 
@@ -145,32 +162,51 @@ def measure_levels(
     requests: int = 2000,
     warmup: int = 200,
     workdir: Path | None = None,
+    with_bursts: bool = True,
 ) -> dict[str, Any]:
-    """Start the stack, measure each concurrency level, stop it; returns the figures (milliseconds, MiB)."""
+    """Start the stack, measure each concurrency level, stop it; returns the figures (milliseconds, MiB).
+
+    ``with_bursts`` adds ``bursts``: the largest level again, as simultaneous bursts (see ``_fire``).
+    """
     with (
         tempfile.TemporaryDirectory(prefix="expiry-bench-") as scratch,
         running_operator(workdir or Path(scratch)) as operator,
     ):
         rss_idle = _rss_mib(operator.pid)
-        levels = {}
-        for level in concurrency:
-            wave = asyncio.run(_fire(operator, level, requests, max(warmup, level)))
-            samples = wave.latencies
-            levels[level] = {
-                "requests": len(samples),
-                "p50_ms": statistics.median(samples) * 1000,
-                "p99_ms": _percentile(samples, 0.99) * 1000,
-                "max_ms": max(samples) * 1000,
-                "throughput_rps": len(samples) / wave.wall,
-                "operator_cpu_ms_per_request": wave.operator_cpu / len(samples) * 1000,
-                "client_cpu_ms_per_request": wave.client_cpu / len(samples) * 1000,
-            }
-        return {"levels": levels, "rss_idle_mib": rss_idle, "rss_after_mib": _rss_mib(operator.pid)}
+        levels = {
+            level: _figures(asyncio.run(_fire(operator, level, requests, max(warmup, level))))
+            for level in concurrency
+        }
+        size = max(concurrency)
+        bursts = (
+            {size: _figures(asyncio.run(_fire(operator, size, requests, max(warmup, size), bursts=True)))}
+            if with_bursts
+            else {}
+        )
+        return {
+            "levels": levels,
+            "bursts": bursts,
+            "rss_idle_mib": rss_idle,
+            "rss_after_mib": _rss_mib(operator.pid),
+        }
+
+
+def _figures(wave: _Wave) -> dict[str, float]:
+    samples = wave.latencies
+    return {
+        "requests": len(samples),
+        "p50_ms": statistics.median(samples) * 1000,
+        "p99_ms": _percentile(samples, 0.99) * 1000,
+        "max_ms": max(samples) * 1000,
+        "throughput_rps": len(samples) / wave.wall,
+        "operator_cpu_ms_per_request": wave.operator_cpu / len(samples) * 1000,
+        "client_cpu_ms_per_request": wave.client_cpu / len(samples) * 1000,
+    }
 
 
 def measure(quick: bool = False) -> dict[str, float]:
     """For bench/webhook.py: p50/p99 at 1 and 50 concurrent (seconds) and the RSS after the run (bytes)."""
-    figures = measure_levels(requests=300 if quick else 2000, warmup=50 if quick else 200)
+    figures = measure_levels(requests=300 if quick else 2000, warmup=50 if quick else 200, with_bursts=False)
     result = {"rss_bytes": figures["rss_after_mib"] * 1024 * 1024}
     for level in (1, 50):
         result[f"p50_{level}"] = figures["levels"][level]["p50_ms"] / 1000
@@ -188,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=tuple(args.concurrency), requests=300 if args.quick else args.requests
     )
     print("webhook admission latency over TLS (keep-alive), PyTorchJob worker pod injected:")
-    for level, row in figures["levels"].items():
+    rows = [(f"concurrency {level:>3}", row) for level, row in figures["levels"].items()]
+    rows += [(f"bursts of {size:>3}", row) for size, row in figures["bursts"].items()]
+    for name, row in rows:
+        rate = f"{row['throughput_rps']:5.0f} requests/s" if name.startswith("concurrency") else "in bursts"
         print(
-            f"  concurrency {level:>3}: p50 {row['p50_ms']:6.2f} ms   p99 {row['p99_ms']:6.2f} ms"
-            f"   max {row['max_ms']:6.2f} ms   {row['throughput_rps']:5.0f} requests/s ({row['requests']})"
+            f"  {name}: p50 {row['p50_ms']:6.2f} ms   p99 {row['p99_ms']:6.2f} ms"
+            f"   max {row['max_ms']:6.2f} ms   {rate} ({row['requests']:.0f})"
         )
         print(
             f"                   CPU per request: operator {row['operator_cpu_ms_per_request']:.3f} ms,"
