@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -58,16 +60,29 @@ def make_app(
 
 
 class HttpEndpoint:
+    """The server thread sleeps until a connection comes (socketserver's default would wake it twice a
+    second to look for a shutdown request); ``stop`` asks it to shut down, then connects once to wake it.
+    """
+
     def __init__(self, host: str, port: int, registry: CollectorRegistry, probes: Probes) -> None:
         self._server = make_server(
             host, port, make_app(registry, probes), server_class=_Server, handler_class=_QuietHandler
         )
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="expiry-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": None}, name="expiry-http", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        stopper = threading.Thread(target=self._server.shutdown, name="expiry-http-stop")
+        stopper.start()
+        host = self._server.server_address[0]
+        address = ("127.0.0.1" if host in ("0.0.0.0", "") else str(host), self.port)
+        while stopper.is_alive():
+            with contextlib.suppress(OSError), socket.create_connection(address, timeout=1):
+                pass
+            stopper.join(0.05)
         self._server.server_close()
