@@ -14,8 +14,6 @@ import os
 import time
 from collections.abc import Callable
 
-import psutil
-
 log = logging.getLogger("expiry.sidecar")
 
 CHECK_INTERVAL = 2.0
@@ -24,6 +22,8 @@ GRACE = 10.0
 
 def others() -> list[int]:
     """Pids in this PID namespace that are neither PID 1, this process, nor its descendants."""
+    import psutil  # only in this mode: it costs the sidecar ~1 MB to load
+
     me = psutil.Process()
     mine = {me.pid} | {child.pid for child in me.children(recursive=True)}
     return [pid for pid in psutil.pids() if pid != 1 and pid not in mine]

@@ -7,8 +7,6 @@ import logging
 import os
 import signal
 
-import psutil
-
 from expiry_sidecar.processes import Worker
 
 log = logging.getLogger("expiry.sidecar")
@@ -54,6 +52,8 @@ def send(worker: Worker, sig: int) -> Outcome:
 
 def permission_hint(pid: int) -> str:
     """Why the kernel refused (EPERM), and what the sidecar lacks."""
+    import psutil  # only on this rare path: it costs the sidecar ~1 MB to load
+
     try:
         owner: int | str = psutil.Process(pid).uids().real
     except psutil.Error:
