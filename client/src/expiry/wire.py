@@ -21,8 +21,7 @@ import json
 import math
 import signal as _signal
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 VERSION: Final = 1
 PIPE_BUF: Final = 4096
@@ -34,8 +33,10 @@ class MalformedRequest(ValueError):
     """A line that is not a valid version-1 request."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
+    """One request. A NamedTuple, not a dataclass: the sidecar builds one per line, and a tuple is
+    built at a fraction of a frozen dataclass's cost."""
+
     pid: int
     scope_id: str
     expiration_time: float

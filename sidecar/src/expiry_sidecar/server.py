@@ -160,7 +160,7 @@ class TimerServer:
             )
 
     def apply(self, request: Request, mono: float, wall: float) -> None:
-        if request.is_release:
+        if request.expiration_time < 0:  # a release (Request.is_release, without a call per request)
             self.stats.releases += 1
             self.book.release(request.pid, request.scope_id)
             return

@@ -196,9 +196,9 @@ class JournaledBook(TimerBook):
         self._forgotten.clear()
         self._write(lambda: self.state.rewrite(iter(self), self.starttime_of))
 
-    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> None:
-        super().arm(pid, scope_id, deadline, signal)
-        self._pending[(pid, scope_id)] = self._by_pid[pid][scope_id]
+    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> Timer:
+        timer = self._pending[(pid, scope_id)] = super().arm(pid, scope_id, deadline, signal)
+        return timer
 
     def release(self, pid: int, scope_id: str) -> bool:
         released = super().release(pid, scope_id)

@@ -63,7 +63,7 @@ class TimerBook:
     def __len__(self) -> int:
         return self._live
 
-    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> None:
+    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> Timer:
         """Arm the timer, replacing one already armed for the same pid and scope."""
         scopes = self._by_pid.get(pid)
         if scopes is None:
@@ -75,15 +75,14 @@ class TimerBook:
         heapq.heappush(self._heap, timer)
         if len(self._heap) > 2 * self._live + 1024:
             self._compact()
+        return timer
 
     def release(self, pid: int, scope_id: str) -> bool:
         """Disarm; False if no such timer was armed."""
         scopes = self._by_pid.get(pid)
         if scopes is None or scopes.pop(scope_id, None) is None:
             return False
-        self._live -= 1
-        if not scopes:
-            del self._by_pid[pid]
+        self._live -= 1  # an emptied worker entry stays until forget(): its next acquire reuses it
         return True
 
     def forget(self, pid: int) -> list[Timer]:
@@ -92,9 +91,6 @@ class TimerBook:
         timers = list(scopes.values()) if scopes is not None else []
         self._live -= len(timers)
         return timers
-
-    def holds(self, pid: int) -> bool:
-        return pid in self._by_pid
 
     def next_deadline(self) -> float | None:
         heap = self._heap
