@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from expiry.wire import Request, encode
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.lines import LineSplitter
+from expiry_sidecar.metrics import ServerCollector
 from expiry_sidecar.processes import NotAttached, Worker
 from expiry_sidecar.server import SCOPE_LABELS_MAX, UNKILLABLE_AFTER, Clock, TimerServer
 from expiry_sidecar.timers import TimerBook
@@ -288,3 +290,24 @@ def test_garbage_that_is_valid_json_but_not_a_request_is_counted(world: World) -
     server = world.server()
     server.receive(b"\n".join(json.dumps(v).encode() for v in [None, 1, [], {}, {"pid": 10}]) + b"\n")
     assert server.stats.malformed == 5
+
+
+def test_a_scrape_waits_for_the_loop_s_turn_to_end(world: World) -> None:
+    """The loop holds the server's lock during a turn; a scrape in the HTTP thread reads under it."""
+    server = world.server()
+    collector = ServerCollector(server)
+    server.receive(line(10, "a", world.wall(5)))
+    scraped = threading.Event()
+    families: list[str] = []
+
+    def scrape() -> None:
+        families.extend(family.name for family in collector.collect())
+        scraped.set()
+
+    with server.lock:  # a turn in progress
+        thread = threading.Thread(target=scrape)
+        thread.start()
+        assert not scraped.wait(0.2), "the scrape read the server while the loop was changing it"
+    assert scraped.wait(5)
+    thread.join()
+    assert "expiry_timers_active" in families

@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker
@@ -19,16 +21,57 @@ StartSidecar = Callable[..., Sidecar]
 
 
 def test_a_burst_of_80000_blocks_from_4_processes_loses_nothing(pod: Pod, sidecar: StartSidecar) -> None:
-    server = sidecar()
+    """Scrapes run all along: reading the metrics while the loop changes them must never fail."""
+    server = sidecar("--state-file", str(pod.workdir / "state.json"))
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            statuses.append(requests.get(f"{server.url}/metrics", timeout=10).status_code)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
     workers = [Worker(pod, server.fifo, "blocks", "--count", "20000", "--after", "600") for _ in range(4)]
     for worker in workers:
         worker.expect("done 20000")
         assert worker.wait(timeout=120) == 0, "a client failed under the burst"
+    done.set()
+    scraper.join()
+    assert statuses and set(statuses) == {200}, f"scrapes failed during the burst: {set(statuses)}"
     metrics = server.wait_metric("expiry_requests_total", 80_000, timeout=60, kind="release")
     assert metrics("expiry_requests_total", kind="acquire") == 80_000
     assert metrics("expiry_malformed_requests_total") == 0
     assert metrics("expiry_timers_active") == 0
     assert metrics("expiry_kills_total", signal="SIGKILL") == 0
+
+
+def test_scrapes_while_many_timers_are_released_always_succeed(pod: Pod, sidecar: StartSidecar) -> None:
+    """Releasing leaves stale heap entries that finding the next deadline clears: a scrape asks for
+    the next deadline too, and must never race the loop over the heap."""
+    server = sidecar()
+    holder = Worker(pod, server.fifo, "hold", "--count", "50000", "--after", "3600")
+    holder.expect("armed")
+    server.wait_metric("expiry_timers_active", 50_000, timeout=60)
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            statuses.append(requests.get(f"{server.url}/metrics", timeout=10).status_code)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(2)]
+    for scraper in scrapers:
+        scraper.start()
+    holder.tell("release")
+    holder.expect("released")
+    server.wait_metric("expiry_timers_active", 0, timeout=60)
+    done.set()
+    for scraper in scrapers:
+        scraper.join()
+    holder.tell("exit")
+    assert statuses and set(statuses) == {200}, f"scrapes failed: {sorted(set(statuses))}"
+    assert server.process.poll() is None
 
 
 TORCH_SERVER = """

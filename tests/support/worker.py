@@ -12,6 +12,8 @@ can follow it. Actions:
             then hang in a block of --after seconds
   soak      for --seconds seconds: blocks of 60 s, and every 50th a watch-only block (signal 0) that
             outlives its 5 ms deadline; print "done ACQUIRES RELEASES WATCHES"
+  hold      arm --count timers of --after seconds, print "armed", wait for a line on stdin, release
+            them all, print "released", wait for another line
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
 """
@@ -101,6 +103,17 @@ def main() -> None:
                 with expires(after=0.005, client=watch_only):
                     time.sleep(0.01)
         say("done", blocks, blocks, watches)
+    elif args.action == "hold":
+        client = FileTimerClient(os.environ["TORCHELASTIC_TIMER_FILE"])
+        expiration = time.time() + args.after
+        for n in range(args.count):
+            client.acquire(f"held-{n}", expiration)
+        say("armed")
+        sys.stdin.readline()
+        for n in range(args.count):
+            client.release(f"held-{n}")
+        say("released")
+        sys.stdin.readline()
     elif args.action == "two":
         with expires(after=3600, scope="long"), expires(after=args.after, scope="short"):
             say("armed")

@@ -71,18 +71,21 @@ class ServeLoop:
         ready()
         next_periodic = {check: 0.0 for _, check in self.periodic}
         while not self._stopping:
-            timeout = server.seconds_to_next_deadline()
-            now = server.clock.monotonic()
-            for interval, check in self.periodic:
-                if next_periodic[check] <= now:
-                    check()
-                    next_periodic[check] = now + interval
-                wait = next_periodic[check] - now
-                timeout = wait if timeout is None else min(timeout, wait)
-            for key, _ in self._selector.select(timeout):
-                self._dispatch(server, key)
-            server.expire_due()
-            server.book.flush()
+            with server.lock:
+                timeout = server.seconds_to_next_deadline()
+                now = server.clock.monotonic()
+                for interval, check in self.periodic:
+                    if next_periodic[check] <= now:
+                        check()
+                        next_periodic[check] = now + interval
+                    wait = next_periodic[check] - now
+                    timeout = wait if timeout is None else min(timeout, wait)
+            events = self._selector.select(timeout)
+            with server.lock:  # one turn: readers in other threads (scrapes) see it whole
+                for key, _ in events:
+                    self._dispatch(server, key)
+                server.expire_due()
+                server.book.flush()
         return self._stop_status
 
     def _dispatch(self, server: TimerServer, key: selectors.SelectorKey) -> None:

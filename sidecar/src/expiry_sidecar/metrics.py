@@ -53,6 +53,11 @@ class ServerCollector(Collector):
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
+        with self.server.lock:  # the loop thread changes what is read here
+            families = list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
         stats, server = self.server.stats, self.server
         yield _info(__version__)
         yield GaugeMetricFamily("expiry_timers_active", "Timers currently armed", value=len(server.book))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import signal as signals
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -129,6 +130,8 @@ class TimerServer:
         self._on_watch = on_watch
         self._on_unwatch = on_unwatch
         self._lines = LineSplitter()
+        self.lock = threading.Lock()
+        """Held by the loop while it changes anything; taken by readers in other threads (scrapes)."""
         self._follow_ups: dict[int, FollowUp] = {}
         """Signalled workers to look at again: escalate to SIGKILL, or report as unkillable."""
 
