@@ -29,7 +29,12 @@ OPERATOR = str(Path(sys.executable).with_name("expiry-operator"))
 MANIFEST = {
     "apiVersion": "v1",
     "kind": "Pod",
-    "metadata": {"name": "trainer-0", "namespace": "ml", "annotations": {"expiry.io/enabled": "true"}},
+    "metadata": {
+        "name": "trainer-0",
+        "namespace": "ml",
+        "uid": "5f0c1c39-8f7e-4d2a-9c53-3b1f0e6a2d41",
+        "annotations": {"expiry.io/enabled": "true"},
+    },
     "spec": {
         "restartPolicy": "Never",
         "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True},

@@ -79,7 +79,11 @@ def check_injected(
     downward = {
         e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in sidecar["env"] if "valueFrom" in e
     }
-    assert downward == {"EXPIRY_POD_NAME": "metadata.name", "EXPIRY_POD_NAMESPACE": "metadata.namespace"}
+    assert downward == {
+        names.POD_NAME_ENV: "metadata.name",
+        names.POD_NAMESPACE_ENV: "metadata.namespace",
+        names.POD_UID_ENV: "metadata.uid",
+    }
     port = next(p for p in sidecar["ports"] if p["name"] == names.METRICS_PORT_NAME)
     other_ports = {
         p.get("containerPort") for c in original["spec"]["containers"] for p in c.get("ports") or []

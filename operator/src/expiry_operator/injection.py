@@ -29,7 +29,7 @@ from expiry_operator.options import (
 )
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import SidecarSettings
-from expiry_operator.sidecar_spec import DUMP_DIR_ENV, Identity, SidecarPlan, sidecar_container
+from expiry_operator.sidecar_spec import Identity, SidecarPlan, sidecar_container
 
 Pod = dict[str, Any]
 JsonPatch = list[dict[str, Any]]
@@ -300,7 +300,7 @@ def _free_port(wanted: int, spec: Mapping[str, Any]) -> int:
 def _trainer_env(options: PodOptions) -> list[tuple[str, str]]:
     env = [(names.TIMER_FILE_ENV, names.FIFO_PATH)]
     if options.stack_dumps != "off":
-        env.append((DUMP_DIR_ENV, names.DUMP_DIR))
+        env.append((names.DUMP_DIR_ENV, names.DUMP_DIR))
     return env
 
 

@@ -10,10 +10,6 @@ from expiry_operator.options import PodOptions
 from expiry_operator.quantities import parse_quantity
 from expiry_operator.settings import SidecarSettings
 
-POD_NAME_ENV = "EXPIRY_POD_NAME"
-POD_NAMESPACE_ENV = "EXPIRY_POD_NAMESPACE"
-DUMP_DIR_ENV = "EXPIRY_DUMP_DIR"
-
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
@@ -49,8 +45,11 @@ def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str,
         "imagePullPolicy": settings.image_pull_policy,
         "args": _args(settings, plan),
         "env": [
-            {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # The pod's own identity, for the Events the sidecar records about kills: kubectl
+            # describe finds Events by name, namespace and uid.
+            {"name": names.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": names.POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": names.POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         ],
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": plan.metrics_port, "protocol": "TCP"}],
         "resources": _resources(settings, plan),
