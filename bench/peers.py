@@ -14,7 +14,6 @@ import array
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import sys
 import termios
@@ -28,7 +27,7 @@ from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
-SIDECAR = str(Path(sys.executable).with_name("expiry-sidecar"))
+from tests.support.sidecar import free_port, serve_command
 
 
 class Client(Protocol):
@@ -108,18 +107,11 @@ class ExpiryPeer(Peer):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.port = _free_port()
+        self.port = free_port()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    SIDECAR,
-                    "serve",
-                    "--fifo",
-                    str(self.fifo),
-                    "--metrics-host",
-                    "127.0.0.1",
-                    "--metrics-port",
-                    str(self.port),
+                    *serve_command(self.fifo, self.port),
                     "--log-format",
                     "text",
                     "--log-level",
@@ -210,10 +202,3 @@ class TorchPeer(Peer):
 
 
 PEERS: dict[str, type[Peer]] = {"expiry": ExpiryPeer, "torch": TorchPeer}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -41,6 +41,21 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "conditi
         time.sleep(0.02)
 
 
+def serve_command(fifo: Path, port: int, *args: str) -> list[str]:
+    """``expiry-sidecar serve`` on ``fifo``, its HTTP endpoints on 127.0.0.1:``port``."""
+    return [
+        SIDECAR,
+        "serve",
+        "--fifo",
+        str(fifo),
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(port),
+        *args,
+    ]
+
+
 def as_user(uid: int | None) -> list[str]:
     """The command prefix that runs a process as ``uid`` with no capabilities (none: as root)."""
     return [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
@@ -85,18 +100,7 @@ class Sidecar:
         self._log = self.log_path.open("w")
         self.args = args
         self.process = pod.start(
-            [
-                *as_user(user),
-                SIDECAR,
-                "serve",
-                "--fifo",
-                str(self.fifo),
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(self.port),
-                *args,
-            ],
+            [*as_user(user), *serve_command(self.fifo, self.port, *args)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
