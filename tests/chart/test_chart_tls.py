@@ -13,8 +13,6 @@ import datetime
 import hashlib
 import socket
 import ssl
-import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -27,6 +25,8 @@ import requests
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from tests.support.kubeapi import KubeApi
 
 if TYPE_CHECKING:
     from conftest import Helm, Rendered
@@ -211,24 +211,6 @@ class TestCertManager:
 
 # --- Reuse across upgrades, through Helm's real lookup against kmock ----------------------------------------
 
-KMOCK_SERVER = """
-import asyncio, sys
-import aiohttp, kmock
-
-async def main():
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-        emulator.resources.load_bundled()
-        # kmock 0.8 names the core group version "/v1" in /api/v1, which client-go cannot map: say "v1".
-        async with aiohttp.ClientSession() as session, session.get(f"{server.url}/api/v1") as response:
-            core = await response.json()
-        core["groupVersion"] = "v1"
-        emulator["get", "/api/v1"] << core
-        print(server.url, flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main())
-"""
-
 
 @dataclass(frozen=True)
 class FakeCluster:
@@ -250,36 +232,8 @@ class FakeCluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeCluster]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", KMOCK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        assert url.startswith("http://"), f"kmock did not start: {url!r}"
-        kubeconfig = tmp_path_factory.mktemp("kube") / "config"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                    "users": [{"name": "admin", "user": {"token": "unused"}}],
-                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "admin"}}],
-                    "current-context": "kmock",
-                }
-            )
-        )
-        kubeconfig.chmod(0o600)
-        yield FakeCluster(url, kubeconfig)
-    finally:
-        if process.stdin:
-            process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with KubeApi(bundled=True) as api:  # kmock's full resource list, as helm's client-go discovers it
+        yield FakeCluster(api.url, api.kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
 
 
 def installed_by_helm(helm: Helm, obj: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """Real parts for operator tests and the webhook benchmark.
 
-* ``KubeApi``: kmock's Kubernetes emulator served over HTTP from a background thread; tests talk to
-  it over real HTTP like any client.
+* ``KubeApi``: tests/support/kubeapi.py's kmock server, with the resources the operator uses.
 * ``make_tls``: a CA and a serving certificate for 127.0.0.1/localhost (cryptography).
 * ``OperatorProcess``: the real ``expiry-operator run`` process, configured by a real config file,
   logged in through a real kubeconfig, called over real TLS.
@@ -11,7 +10,6 @@ Kept importable without pytest so ``bench/webhook_latency.py`` can reuse it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -22,20 +20,20 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import requests
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.support import kubeapi
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_BIN = Path(sys.executable).parent / "expiry-operator"
@@ -47,65 +45,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class KubeApi:
-    """kmock's KubernetesEmulator on a real TCP port, run by its own event loop in a thread."""
+class KubeApi(kubeapi.KubeApi):
+    """The API the operator needs: pods, events, namespaces, and a version to read."""
 
     RESOURCES = {
-        "v1/pods": {"kind": "Pod", "namespaced": True},
-        "v1/events": {"kind": "Event", "namespaced": True},
-        "v1/namespaces": {"kind": "Namespace", "namespaced": False},
+        "v1/pods": ("Pod", True),
+        "v1/events": ("Event", True),
+        "v1/namespaces": ("Namespace", False),
     }
-    VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
 
     def __init__(self, *, git_version: str = "v1.31.2") -> None:
-        self._git_version = git_version
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self.url = ""
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete, args=(self._serve(),), daemon=True
-        )
-
-    def __enter__(self) -> KubeApi:
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("kmock did not start")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
-            for key, info in self.RESOURCES.items():
-                api.resources[key] = kmock.ResourceInfo(verbs=set(self.VERBS), **info)
-            major, minor = self._git_version.lstrip("v").split(".")[:2]
-            version = {
-                "major": major,
-                "minor": minor,
-                "gitVersion": self._git_version,
-                "platform": "linux/amd64",
-            }
-            api["get /version"] << version
-            self.url = str(server.url).rstrip("/")
-            self._started.set()
-            await self._stop.wait()
-
-    def kubeconfig(self, path: Path) -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "kmock"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester"}}],
-            "current-context": "kmock",
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
+        super().__init__(git_version=git_version, resources=self.RESOURCES)
 
     def create_pod(self, pod: dict[str, Any]) -> None:
         namespace = pod["metadata"].get("namespace", "default")
