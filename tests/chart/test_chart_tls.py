@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import requests
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -216,24 +215,20 @@ class TestCertManager:
 class FakeCluster:
     """kmock serving the Kubernetes API over real HTTP, and a kubeconfig pointing at it."""
 
-    url: str
+    api: KubeApi
     kubeconfig: Path
 
     def create_secret(self, obj: dict[str, Any]) -> None:
-        namespace = obj["metadata"]["namespace"]
-        response = requests.post(f"{self.url}/api/v1/namespaces/{namespace}/secrets", json=obj, timeout=10)
-        response.raise_for_status()
+        self.api.create(f"/api/v1/namespaces/{obj['metadata']['namespace']}/secrets", obj)
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        requests.delete(
-            f"{self.url}/api/v1/namespaces/{namespace}/secrets/{name}", timeout=10
-        ).raise_for_status()
+        self.api.delete(f"/api/v1/namespaces/{namespace}/secrets/{name}")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeCluster]:
     with KubeApi(bundled=True) as api:  # kmock's full resource list, as helm's client-go discovers it
-        yield FakeCluster(api.url, api.kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
+        yield FakeCluster(api, api.kubeconfig(tmp_path_factory.mktemp("kube") / "config"))
 
 
 def installed_by_helm(helm: Helm, obj: dict[str, Any]) -> dict[str, Any]:

@@ -58,14 +58,10 @@ class KubeApi(kubeapi.KubeApi):
         super().__init__(git_version=git_version, resources=self.RESOURCES)
 
     def create_pod(self, pod: dict[str, Any]) -> None:
-        namespace = pod["metadata"].get("namespace", "default")
-        reply = requests.post(f"{self.url}/api/v1/namespaces/{namespace}/pods", json=pod, timeout=10)
-        reply.raise_for_status()
+        self.create(f"/api/v1/namespaces/{pod['metadata'].get('namespace', 'default')}/pods", pod)
 
     def delete_pod(self, namespace: str, name: str) -> None:
-        requests.delete(
-            f"{self.url}/api/v1/namespaces/{namespace}/pods/{name}", timeout=10
-        ).raise_for_status()
+        self.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
 
     def events(self, namespace: str) -> list[dict[str, Any]]:
         reply = requests.get(f"{self.url}/api/v1/namespaces/{namespace}/events", timeout=10)

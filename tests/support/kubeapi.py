@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import kmock
+import requests
 
 T = TypeVar("T")
 VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
@@ -104,6 +105,13 @@ class KubeApi:
 
     def kubeconfig(self, path: Path) -> Path:
         return write_kubeconfig(path, self.url)
+
+    def create(self, path: str, obj: dict[str, Any]) -> None:
+        """POST ``obj`` to ``path`` (e.g. "/api/v1/namespaces/ml/pods") as any client would."""
+        requests.post(f"{self.url}{path}", json=obj, timeout=10).raise_for_status()
+
+    def delete(self, path: str) -> None:
+        requests.delete(f"{self.url}{path}", timeout=10).raise_for_status()
 
     def close(self) -> None:
         self._run(self._server.__aexit__(None, None, None))
