@@ -8,6 +8,7 @@ an alert whose expression is replaced by one that always (or never) fires makes 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -144,9 +145,120 @@ def test_the_unit_tests_catch_an_alert_that_is_broken(
     assert f"alertname: {name}" in result.stdout + result.stderr
 
 
+RULE_APIS = ("monitoring.coreos.com/v1/PrometheusRule", "monitoring.coreos.com/v1/ServiceMonitor")
+
+
+def shipped(helm: Helm, **prometheus_rule: Any) -> list[dict[str, Any]]:
+    """The PrometheusRule's groups with the operator scraped (ServiceMonitor on) and ``prometheus_rule`` values."""
+    values = {
+        "monitoring": {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True, **prometheus_rule},
+        }
+    }
+    groups: list[dict[str, Any]] = helm.render(values, api_versions=RULE_APIS).one("PrometheusRule")["spec"][
+        "groups"
+    ]
+    return groups
+
+
+def shipped_alerts(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
 def test_the_chart_ships_the_rules_unchanged(helm: Helm) -> None:
     """The chart wraps the rule file into a PrometheusRule: the tested rules, alert templates and all."""
-    rendered = helm.render(
-        {"monitoring": {"prometheusRule": {"enabled": True}}}, api_versions=helm.monitoring_apis
+    assert shipped(helm) == load(RULES)["groups"]
+
+
+def test_the_rendered_rules_pass_promtool(helm: Helm, promtool: str, tmp_path: Path) -> None:
+    """The rules as the chart ships them with every knob turned are still valid for Prometheus."""
+    groups = shipped(
+        helm,
+        disabled={"ExpiryWorkerKilled": True},
+        additionalRuleLabels={"team": "ml-platform"},
+        sidecarSelector='job="expiry-sidecars", pod!=""',
+        operatorSelector='job=~"expiry-operator.*"',
     )
-    assert rendered.one("PrometheusRule")["spec"]["groups"] == load(RULES)["groups"]
+    path = tmp_path / "rendered.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    result = run(promtool, "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerts()) - 1} rules found" in result.stdout
+
+
+def test_alerts_can_be_disabled_one_by_one(helm: Helm) -> None:
+    kept = shipped_alerts(shipped(helm, disabled={"ExpiryWorkerKilled": True, "ExpiryAdmissionSlow": True}))
+    assert set(kept) == set(alert_names()) - {"ExpiryWorkerKilled", "ExpiryAdmissionSlow"}
+    # false is "not disabled"
+    assert set(shipped_alerts(shipped(helm, disabled={"ExpiryWorkerKilled": False}))) == set(alert_names())
+
+
+def test_a_group_with_every_alert_disabled_is_left_out(helm: Helm) -> None:
+    sidecar_group = next(group for group in load(RULES)["groups"] if group["name"] == "expiry-sidecar")
+    disabled = {rule["alert"]: True for rule in sidecar_group["rules"]}
+    groups = shipped(helm, disabled=disabled)
+    assert [group["name"] for group in groups] == ["expiry-operator"]
+
+
+def test_the_schema_knows_every_alert_and_refuses_a_misspelt_one(helm: Helm) -> None:
+    schema = json.loads((helm.chart / "values.schema.json").read_text())
+    assert schema["definitions"]["alertName"]["enum"] == alert_names()
+    values = {"monitoring": {"prometheusRule": {"disabled": {"ExpiryWorkerKiled": True}}}}
+    result = helm.template(values, check=False)
+    assert result.returncode != 0
+    assert "ExpiryWorkerKiled" in result.stderr, result.stderr
+
+
+def test_additional_rule_labels_reach_every_alert_without_overriding_its_own(helm: Helm) -> None:
+    labels = {"team": "ml-platform", "severity": "page-everyone"}
+    kept = shipped_alerts(shipped(helm, additionalRuleLabels=labels))
+    assert set(kept) == set(alert_names())
+    for rule in alerts():
+        assert kept[rule["alert"]]["labels"] == {**rule["labels"], "team": "ml-platform"}, rule["alert"]
+
+
+@pytest.mark.parametrize(
+    ("value", "default"),
+    [("sidecarSelector", 'container="expiry-sidecar"'), ("operatorSelector", 'container="expiry-operator"')],
+)
+def test_target_selectors_come_from_the_values(helm: Helm, value: str, default: str) -> None:
+    users = [rule["alert"] for rule in alerts() if default in rule["expr"]]
+    assert users, f"no alert uses {default}: the chart replaces it, keep it spelt this way"
+    kept = shipped_alerts(shipped(helm, **{value: 'job="mine"'}))
+    for name in users:
+        assert default not in kept[name]["expr"], name
+        assert 'job="mine"' in kept[name]["expr"], name
+    unchanged = [rule for rule in alerts() if rule["alert"] not in users]
+    assert all(kept[rule["alert"]]["expr"] == rule["expr"] for rule in unchanged)
+
+
+@pytest.mark.parametrize(
+    ("service_monitor", "operator_down", "expected"),
+    [
+        (False, "auto", False),  # nothing scrapes the operator: absent() would fire forever
+        (True, "auto", True),
+        (False, True, True),  # scraped some other way
+        (True, False, False),
+    ],
+)
+def test_operator_down_is_kept_only_when_the_operator_is_scraped(
+    helm: Helm, service_monitor: bool, operator_down: str | bool, expected: bool
+) -> None:
+    values = {
+        "monitoring": {
+            "serviceMonitor": {"enabled": service_monitor},
+            "prometheusRule": {"enabled": True, "operatorDownAlert": operator_down},
+        }
+    }
+    rendered = helm.render(values, api_versions=RULE_APIS)
+    kept = shipped_alerts(rendered.one("PrometheusRule")["spec"]["groups"])
+    assert ("ExpiryOperatorDown" in kept) == expected
+    assert set(kept) - {"ExpiryOperatorDown"} == set(alert_names()) - {"ExpiryOperatorDown"}
+
+
+def test_operator_down_needs_the_service_monitor_crd_too(helm: Helm) -> None:
+    """serviceMonitor.enabled renders nothing on a cluster without the ServiceMonitor CRD."""
+    values = {"monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    rendered = helm.render(values, api_versions=RULE_APIS[:1])
+    assert "ExpiryOperatorDown" not in shipped_alerts(rendered.one("PrometheusRule")["spec"]["groups"])

@@ -76,8 +76,8 @@ class Tls:
     key: Path
 
 
-def make_tls(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Tls:
-    """A fresh CA, and a serving certificate it signed for ``names``, written as PEM files."""
+def make_tls(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0.1"), days: float = 1) -> Tls:
+    """A fresh CA, and a serving certificate it signed for ``names`` valid ``days``, written as PEM files."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"expiry test CA {uuid.uuid4().hex[:8]}")])
@@ -88,7 +88,7 @@ def make_tls(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=max(days, 1)))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
@@ -109,7 +109,7 @@ def make_tls(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -14,6 +14,7 @@ from typing import Any
 import jsonpatch
 import pytest
 import requests
+from cryptography import x509
 
 from tests.operator.injection_checks import check_injected, sidecars
 from tests.operator.operator_harness import (
@@ -158,14 +159,27 @@ def served_certificate(port: int) -> str:
     return ssl.get_server_certificate(("127.0.0.1", port))
 
 
+def certificate_expiry_metric(operator: OperatorProcess) -> float:
+    name = "expiry_webhook_certificate_expiry_timestamp_seconds "
+    line = next(line for line in operator.metrics().splitlines() if line.startswith(name))
+    return float(line.split()[-1])
+
+
+def not_after(path: Path) -> float:
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc.timestamp()
+
+
 def test_a_rotated_certificate_is_served_without_a_restart(api: KubeApi, tmp_path: Path) -> None:
-    first = make_tls(tmp_path / "first")
+    """Also: the metric for the certificate's expiry follows the certificate really served."""
+    first = make_tls(tmp_path / "first", days=10)
     with OperatorProcess(api, first, tmp_path / "op") as operator:
         assert operator.admit(INJECTED_CASES["jobset"])["response"]["allowed"]
-        second = make_tls(tmp_path / "second")
+        assert certificate_expiry_metric(operator) == not_after(first.cert)
+        second = make_tls(tmp_path / "second", days=30)
         shutil.copy(second.cert, first.cert)
         shutil.copy(second.key, first.key)
         wait_for(lambda: served_certificate(operator.webhook_port) == second.cert.read_text())
+        wait_for(lambda: certificate_expiry_metric(operator) == not_after(second.cert))
         reply = operator.session.post(
             operator.url, json=admission_review(INJECTED_CASES["jobset"]), verify=str(second.ca)
         )
@@ -175,6 +189,7 @@ def test_a_rotated_certificate_is_served_without_a_restart(api: KubeApi, tmp_pat
         shutil.copy(third.cert, first.cert)
         wait_for(lambda: "keeping the current certificate" in operator.log())
         assert served_certificate(operator.webhook_port) == second.cert.read_text()
+        assert certificate_expiry_metric(operator) == not_after(second.cert)
         assert operator.stop() == 0
 
 

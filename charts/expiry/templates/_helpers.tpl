@@ -19,6 +19,12 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The namespace of every namespaced object: namespaceOverride, else the release's (for umbrella charts that
+     install this one into another namespace than their own). */}}
+{{- define "expiry.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride -}}
+{{- end -}}
+
 {{- define "expiry.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "expiry.fullname" .) .Values.serviceAccount.name -}}
@@ -38,7 +44,7 @@
 {{/* The DNS names the API server may use to reach the webhook Service; every certificate covers them all. */}}
 {{- define "expiry.serviceDNSNames" -}}
 {{- $svc := include "expiry.fullname" . -}}
-{{- $ns := .Release.Namespace -}}
+{{- $ns := include "expiry.namespace" . -}}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
 {{- end -}}
 
@@ -115,7 +121,7 @@ objectSelector
 {{- $names := include "expiry.serviceDNSNames" . | fromJsonArray -}}
 {{- $namesKey := join "," $names -}}
 {{- $renewBy := add (now | unixEpoch) (mul .Values.tls.selfSigned.renewDaysBefore 86400) -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "expiry.tlsSecretName" .) -}}
+{{- $existing := lookup "v1" "Secret" (include "expiry.namespace" .) (include "expiry.tlsSecretName" .) -}}
 {{- $annotations := dig "metadata" "annotations" (dict) $existing -}}
 {{- $data := dig "data" (dict) $existing -}}
 {{- $reusable := and (index $data "ca.crt") (index $data "tls.crt") (index $data "tls.key")

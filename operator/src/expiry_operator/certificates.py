@@ -1,4 +1,5 @@
-"""A self-signed serving certificate for ``expiry-operator run --self-signed`` (local development)."""
+"""Certificate helpers: a self-signed serving certificate for ``expiry-operator run --self-signed`` (local
+development), and reading when a served certificate expires."""
 
 from __future__ import annotations
 
@@ -46,3 +47,8 @@ def write_self_signed(directory: Path, hostnames: tuple[str, ...] = DEFAULT_NAME
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+def not_after(pem: bytes) -> float:
+    """The expiry (Unix seconds) of the first certificate in ``pem``: the server's own, ahead of its chain."""
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()

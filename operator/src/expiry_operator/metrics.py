@@ -21,6 +21,10 @@ unprotected_pods = Gauge(
     "Pods annotated expiry.io/enabled=true that run without the injected sidecar",
     ["namespace"],
 )
+webhook_certificate_expiry = Gauge(
+    "expiry_webhook_certificate_expiry_timestamp_seconds",
+    "notAfter of the serving certificate the webhook currently serves, in Unix seconds",
+)
 
 for _result in ADMISSION_RESULTS:
     admissions.labels(result=_result)

@@ -27,6 +27,7 @@ from kopf._cogs.clients import scanning
 from kopf._core.engines import admission
 
 from expiry_operator import metrics, patch_relay
+from expiry_operator.certificates import not_after
 from expiry_operator.cluster import server_version, supports_native_sidecars
 from expiry_operator.handlers import ClusterInfo
 from expiry_operator.review import review_problem
@@ -99,14 +100,14 @@ class ExpiryWebhookServer(kopf.WebhookServer):
     def _reload_certificate(self) -> None:
         assert self.certfile is not None and self.pkeyfile is not None
         try:
-            digest = hashlib.sha256(
-                Path(self.certfile).read_bytes() + Path(self.pkeyfile).read_bytes()
-            ).hexdigest()
+            certificate = Path(self.certfile).read_bytes()
+            digest = hashlib.sha256(certificate + Path(self.pkeyfile).read_bytes()).hexdigest()
             if digest == self._digest:
                 return
             context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.certfile, self.pkeyfile)
-        except (OSError, ssl.SSLError) as e:
+            expires = not_after(certificate)
+        except (OSError, ssl.SSLError, ValueError) as e:
             if self._current is None:
                 raise  # no certificate at all: the operator cannot serve
             logger.error(
@@ -116,6 +117,7 @@ class ExpiryWebhookServer(kopf.WebhookServer):
         if self._current is not None:
             logger.info("loaded the rotated certificate from %s", self.certfile)
         self._current, self._digest = context, digest
+        metrics.webhook_certificate_expiry.set(expires)
 
     async def _learn_cluster(self) -> None:
         if self._native_sidecar != "auto":
