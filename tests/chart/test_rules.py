@@ -149,7 +149,7 @@ RULE_APIS = ("monitoring.coreos.com/v1/PrometheusRule", "monitoring.coreos.com/v
 
 
 def shipped(helm: Helm, **prometheus_rule: Any) -> list[dict[str, Any]]:
-    """The PrometheusRule's groups with the operator scraped (ServiceMonitor on) and ``prometheus_rule`` values."""
+    """The PrometheusRule's groups, the operator scraped (ServiceMonitor on), with ``prometheus_rule``."""
     values = {
         "monitoring": {
             "serviceMonitor": {"enabled": True},
