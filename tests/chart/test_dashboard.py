@@ -41,8 +41,15 @@ RENAMED_LABELS = frozenset({"exported_namespace"})
 """A metric's own ``namespace`` label, renamed by a scrape that does not honor labels."""
 PROMETHEUS_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
 """Series Prometheus makes itself for each target."""
-OPERATOR_METRICS = ("expiry_admissions", "expiry_admission_duration_seconds", "expiry_unprotected_pods")
-"""Prefixes of the operator's series: the dashboard's Operator row does not follow $namespace/$pod."""
+OPERATOR_METRICS = (
+    "expiry_admissions",
+    "expiry_admission_duration_seconds",
+    "expiry_unprotected_pods",
+    "expiry_hang_incidents",
+    "expiry_webhook_certificate",
+)
+"""Prefixes of the operator's series: its panels do not follow $namespace/$pod (the pods' namespace is
+``exported_namespace`` there, and the operator has no pod of the selection)."""
 GRAFANA_DURATIONS = {"__rate_interval": "2m", "__interval": "30s", "__range": "6h"}
 SIDECAR_VARIABLES = ("namespace", "pod")
 
@@ -242,6 +249,52 @@ def test_every_sidecar_panel_follows_the_namespace_and_pod_variables() -> None:
             assert set(SIDECAR_VARIABLES) <= labels, f"{query.where}: {name} ignores $namespace/$pod"
             for variable in SIDECAR_VARIABLES:
                 assert f'{variable}=~"${variable}"' in query.promql, f"{query.where}: use {variable}=~"
+
+
+def panels_querying(dashboard: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    return [
+        panel
+        for panel in panels(dashboard)
+        if any(
+            metric in uses(Query(panel["title"], target["expr"])).matchers
+            for target in panel.get("targets", [])
+        )
+    ]
+
+
+def test_would_have_killed_is_shown_beside_killed() -> None:
+    """Observe mode's "would have killed" sits next to the kills: in the overview and in one graph."""
+    dashboard = load_dashboard(ROOT / "charts/expiry/dashboards/expiry.json")
+    stats = [panel for panel in panels(dashboard) if panel["type"] == "stat"]
+    titles = [panel["title"] for panel in sorted(stats, key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))]
+    assert titles.index("Would have killed in range") == titles.index("Kills in range") + 1
+    both = set(map(id, panels_querying(dashboard, "expiry_kills_total"))) & set(
+        map(id, panels_querying(dashboard, "expiry_observed_expirations_total"))
+    )
+    assert both, "no panel graphs kills and would-have-killed together"
+
+
+def test_a_hang_incidents_row_holds_this_rounds_metrics() -> None:
+    dashboard = load_dashboard(ROOT / "charts/expiry/dashboards/expiry.json")
+    rows = [panel for panel in dashboard["panels"] if panel["type"] == "row"]
+    row = next(panel for panel in rows if panel["title"] == "Hang incidents")
+    below = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+    end = min(below, default=10**6)
+    inside = {
+        metric
+        for panel in dashboard["panels"]
+        if row["gridPos"]["y"] < panel["gridPos"]["y"] < end
+        for target in panel.get("targets", [])
+        for metric in uses(Query(panel["title"], target["expr"])).matchers
+    }
+    assert {
+        "expiry_hang_incidents_total",
+        "expiry_observed_expirations_total",
+        "expiry_fifo_competing_readers",
+        "expiry_pod_conditions_total",
+        "expiry_blocks_over_adaptive_deadline_total",
+        "expiry_block_duration_seconds_bucket",
+    } <= inside
 
 
 # -- the real feed --------------------------------------------------------------------------------
