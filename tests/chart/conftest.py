@@ -66,6 +66,10 @@ BYO_CA_PEM = make_ca_pem("byo-test-ca")
 Obj = dict[str, Any]
 
 
+def is_test_hook(obj: Obj) -> bool:
+    return "test" in obj["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")
+
+
 def find_helm() -> str:
     found = shutil.which("helm") or str(REPO / ".tools" / "bin" / "helm")
     if not Path(found).is_file():
@@ -75,9 +79,15 @@ def find_helm() -> str:
 
 @dataclass(frozen=True)
 class Rendered:
-    """The objects of one `helm template` run, with lookups by kind and name."""
+    """The objects of one `helm template` run, with lookups by kind and name. The lookups see what
+    `helm install` creates; `helm test`'s hook objects are apart, in ``tests``."""
 
     objects: list[Obj]
+    tests: list[Obj] = field(default_factory=list)
+
+    @property
+    def everything(self) -> list[Obj]:
+        return self.objects + self.tests
 
     def all(self, kind: str) -> list[Obj]:
         return [o for o in self.objects if o["kind"] == kind]
@@ -156,8 +166,9 @@ class Helm:
         result = self.template(
             values, kube_version=kube_version, api_versions=api_versions, extra_args=extra_args
         )
-        out = result.stdout
-        return Rendered([o for o in yaml.safe_load_all(out) if o])
+        every = [o for o in yaml.safe_load_all(result.stdout) if o]
+        tests = [o for o in every if is_test_hook(o)]
+        return Rendered([o for o in every if not is_test_hook(o)], tests)
 
     def lint(
         self, values: Mapping[str, Any] | None = None, *, kube_version: str | None = NEW_KUBE

@@ -86,7 +86,7 @@ def test_lints(helm: Helm, scenario: Scenario) -> None:
 
 
 def test_objects_are_valid_kubernetes(rendered: Rendered, scenario: Scenario) -> None:
-    for obj in rendered.objects:
+    for obj in rendered.everything:
         what = f"{obj['kind']} {obj['metadata']['name']}"
         crd_spec = CRD_SPECS.get((obj["apiVersion"], obj["kind"]))
         if crd_spec is not None:
@@ -99,7 +99,7 @@ def test_objects_are_valid_kubernetes(rendered: Rendered, scenario: Scenario) ->
 
 
 def test_objects_carry_the_standard_labels(rendered: Rendered) -> None:
-    for obj in rendered.objects:
+    for obj in rendered.everything:
         labels = obj["metadata"].get("labels", {})
         missing = [key for key in STANDARD_LABELS if key not in labels]
         assert not missing, f"{obj['kind']} {obj['metadata']['name']} lacks {missing}"
