@@ -29,6 +29,8 @@ from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "expiry"
+CI_VALUES = CHART / "ci"
+"""charts/expiry/ci/<name>-values.yaml: the value sets chart-testing lints; each is a test scenario."""
 RELEASE = "expiry"
 NAMESPACE = "expiry-system"
 OLD_KUBE = "1.27.0"
@@ -118,6 +120,7 @@ class Helm:
     cert_manager_apis: ClassVar[tuple[str, ...]] = CERT_MANAGER_APIS
     monitoring_apis: ClassVar[tuple[str, ...]] = MONITORING_APIS
     byo_ca_pem: ClassVar[str] = BYO_CA_PEM
+    ci_values: ClassVar[Path] = CI_VALUES
 
     def run(self, *args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -192,75 +195,24 @@ class Scenario:
         return f"{self.name}@{self.kube_version}"
 
 
-VALUE_SETS: tuple[tuple[str, Obj, tuple[str, ...]], ...] = (
-    ("defaults", {}, ()),
-    ("cert-manager", {"tls": {"mode": "certManager"}}, CERT_MANAGER_APIS),
-    (
-        "cert-manager-issuer",
-        {
-            "tls": {
-                "mode": "certManager",
-                "certManager": {"issuerRef": {"kind": "ClusterIssuer", "name": "corp"}},
-            }
-        },
-        CERT_MANAGER_APIS,
-    ),
-    ("byo-secret", {"tls": {"mode": "secret", "secret": {"name": "my-tls", "caBundle": BYO_CA_PEM}}}, ()),
-    (
-        "monitoring",
-        {
-            "monitoring": {
-                "labels": {"release": "kube-prometheus-stack"},
-                "podMonitor": {"enabled": True},
-                "serviceMonitor": {"enabled": True},
-                "prometheusRule": {"enabled": True},
-                "dashboards": {"enabled": True},
-            }
-        },
-        MONITORING_APIS,
-    ),
-    ("fail-closed", {"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 3}}, ()),
-    (
-        "minimal",
-        {
-            "operator": {"replicas": 1},
-            "pdb": {"enabled": False},
-            "rbac": {"create": False},
-            "serviceAccount": {"create": False, "name": "existing"},
-            "sidecarEvents": {"clusterRole": {"create": False}},
-        },
-        (),
-    ),
-    (
-        "everything",
-        {
-            "commonLabels": {"team": "ml-platform"},
-            "operator": {
-                "replicas": 3,
-                "image": {"digest": "sha256:" + "ab" * 32},
-                "imagePullSecrets": [{"name": "regcred"}],
-                "priorityClassName": "system-cluster-critical",
-                "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
-            },
-            "sidecar": {
-                "killSignal": "SIGTERM",
-                "escalateAfter": 30,
-                "stackDumps": "client",
-                "events": False,
-            },
-            "sidecarEvents": {
-                "clusterRole": {"aggregateToAdmin": True},
-                "bindings": [{"namespace": "ml", "serviceAccount": "trainer"}],
-            },
-            "webhook": {
-                "excludeNamespaces": ["monitoring"],
-                "namespaceSelectorExpressions": [{"key": "team", "operator": "In", "values": ["ml"]}],
-            },
-            "monitoring": {"podMonitor": {"enabled": True}, "dashboards": {"enabled": True}},
-        },
-        MONITORING_APIS,
-    ),
-)
+CI_APIS: dict[str, tuple[str, ...]] = {
+    "cert-manager": CERT_MANAGER_APIS,
+    "cert-manager-issuer": CERT_MANAGER_APIS,
+    "kube-prometheus-stack": MONITORING_APIS,
+    "everything": MONITORING_APIS,
+}
+"""The CRD APIs the pretend cluster has for a value set (chart-testing renders without them)."""
+
+
+def ci_value_sets() -> tuple[tuple[str, Obj, tuple[str, ...]], ...]:
+    sets = []
+    for path in sorted(CI_VALUES.glob("*-values.yaml")):
+        name = path.name.removesuffix("-values.yaml")
+        sets.append((name, yaml.safe_load(path.read_text()) or {}, CI_APIS.get(name, ())))
+    return tuple(sets)
+
+
+VALUE_SETS = ci_value_sets()
 
 SCENARIOS = tuple(
     Scenario(name, values, apis, kube) for name, values, apis in VALUE_SETS for kube in (OLD_KUBE, NEW_KUBE)
@@ -285,6 +237,17 @@ def render_cached(helm: Helm) -> Callable[[Scenario], Rendered]:
         return cache[scenario.id]
 
     return render
+
+
+@pytest.fixture(scope="session")
+def scenarios() -> tuple[Scenario, ...]:
+    """Every scenario: each ci/ value set, with the CRD APIs of CI_APIS, on each Kubernetes version."""
+    return SCENARIOS
+
+
+@pytest.fixture(scope="session")
+def ci_apis() -> dict[str, tuple[str, ...]]:
+    return CI_APIS
 
 
 @pytest.fixture(params=SCENARIOS, ids=lambda s: s.id)

@@ -106,13 +106,49 @@ def test_objects_carry_the_standard_labels(rendered: Rendered) -> None:
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
 
 
-def test_namespaced_objects_go_to_the_release_namespace(rendered: Rendered, helm: Helm) -> None:
+def test_namespaced_objects_go_to_the_release_namespace(
+    rendered: Rendered, helm: Helm, scenario: Scenario
+) -> None:
+    """...or to namespaceOverride; dashboards may go to Grafana's namespace."""
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+    namespace = scenario.values.get("namespaceOverride") or helm.namespace
+    dashboards = scenario.values.get("monitoring", {}).get("dashboards", {}).get("namespace") or namespace
     for obj in rendered.objects:
         if obj["kind"] in cluster_scoped:
             assert "namespace" not in obj["metadata"]
+        elif obj["kind"] == "ConfigMap" and "-dashboard-" in obj["metadata"]["name"]:
+            assert obj["metadata"]["namespace"] == dashboards
         elif obj["kind"] != "RoleBinding":  # sidecarEvents.bindings go to the training namespaces
-            assert obj["metadata"]["namespace"] == helm.namespace, obj["metadata"]
+            assert obj["metadata"]["namespace"] == namespace, obj["metadata"]
+
+
+def strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in [key, *strings(item)]]
+    if isinstance(value, list):
+        return [s for item in value for s in strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("mode", ["selfSigned", "certManager"])
+def test_namespace_override_leaves_no_trace_of_the_release_namespace(helm: Helm, mode: str) -> None:
+    """The Service the webhook calls, the certificate's names, RBAC subjects, the namespaces the webhook
+    never sees, cert-manager's CA injection: all follow namespaceOverride."""
+    values = {
+        "namespaceOverride": "ml-platform-ops",
+        "tls": {"mode": mode},
+        "monitoring": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    }
+    rendered = helm.render(values, api_versions=(*helm.cert_manager_apis, *helm.monitoring_apis))
+    leaks = [s for obj in rendered.everything for s in strings(obj) if helm.namespace in s]
+    assert leaks == []
+    webhook = rendered.one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert webhook["clientConfig"]["service"]["namespace"] == "ml-platform-ops"
+    excluded = webhook["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert "ml-platform-ops" in excluded
+    if mode == "selfSigned":
+        annotations = rendered.one("Secret")["metadata"]["annotations"]
+        assert "expiry.ml-platform-ops.svc" in annotations["expiry.io/tls-dns-names"].split(",")
 
 
 def test_common_labels_reach_every_object(helm: Helm) -> None:

@@ -39,6 +39,22 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"sidecarEvents": {"bindings": [{"namespace": "ml"}]}}, "serviceAccount"),
     ({"monitoring": {"podMonitor": {"interval": "often"}}}, "/monitoring/podMonitor/interval"),
     ({"commonLabels": {"bad key!": "x"}}, "bad key!"),
+    ({"namespaceOverride": "Not_A_Namespace"}, "/namespaceOverride"),
+    ({"helmTest": {"namespace": "Not_A_Namespace"}}, "/helmTest/namespace"),
+    ({"helmTest": {"enabled": "yes"}}, "/helmTest/enabled"),
+    (
+        {"monitoring": {"prometheusRule": {"sidecarSelector": "{container=x}"}}},
+        "/monitoring/prometheusRule/sidecarSelector",
+    ),
+    (
+        {"monitoring": {"prometheusRule": {"operatorSelector": ""}}},
+        "/monitoring/prometheusRule/operatorSelector",
+    ),
+    (
+        {"monitoring": {"prometheusRule": {"operatorDownAlert": "sometimes"}}},
+        "/monitoring/prometheusRule/operatorDownAlert",
+    ),
+    ({"monitoring": {"prometheusRule": {"additionalRuleLabels": {"bad key!": "x"}}}}, "bad key!"),
     # A PodDisruptionBudget over a single replica would block every node drain.
     ({"operator": {"replicas": 1}}, "/operator/replicas"),
 ]
