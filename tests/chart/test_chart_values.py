@@ -40,6 +40,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"monitoring": {"podMonitor": {"interval": "often"}}}, "/monitoring/podMonitor/interval"),
     ({"commonLabels": {"bad key!": "x"}}, "bad key!"),
     ({"namespaceOverride": "Not_A_Namespace"}, "/namespaceOverride"),
+    ({"networkPolicy": {"webhookFrom": [{"cidr": "10.0.0.0/8"}]}}, "/networkPolicy/webhookFrom/0"),
     ({"helmTest": {"namespace": "Not_A_Namespace"}}, "/helmTest/namespace"),
     ({"helmTest": {"enabled": "yes"}}, "/helmTest/enabled"),
     (
