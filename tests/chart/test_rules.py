@@ -113,13 +113,22 @@ def test_each_alert_is_tested_firing_and_silent(name: str) -> None:
     assert not all(cases), f"no promtool case where {name} stays silent"
 
 
-def promtool_test(tmp_path: Path, promtool: str, rules: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """Run the unit tests against ``rules`` instead of the rule file."""
+def promtool_test(
+    tmp_path: Path, promtool: str, rules: dict[str, Any], alert: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the unit tests that evaluate ``alert`` against ``rules`` instead of the rule file (only those:
+    promtool spends its time evaluating series, and the others cannot see a change to this alert)."""
     (tmp_path / RULES.name).write_text(yaml.safe_dump(rules))
     tests = tmp_path / "tests"
     tests.mkdir()
     for path in RULE_TESTS:
-        shutil.copy(path, tests / path.name)
+        document = load(path)
+        document["tests"] = [
+            test
+            for test in document["tests"]
+            if any(case["alertname"] == alert for case in test.get("alert_rule_test", []))
+        ]
+        (tests / path.name).write_text(yaml.safe_dump(document))
     return run(promtool, "test", "rules", *(str(tests / path.name) for path in RULE_TESTS))
 
 
@@ -140,7 +149,7 @@ def with_expr(name: str, expr: str) -> dict[str, Any]:
 def test_the_unit_tests_catch_an_alert_that_is_broken(
     tmp_path: Path, promtool: str, name: str, broken: str, expr: str
 ) -> None:
-    result = promtool_test(tmp_path, promtool, with_expr(name, expr))
+    result = promtool_test(tmp_path, promtool, with_expr(name, expr), name)
     assert result.returncode != 0, f"the promtool tests pass with {name} {broken}"
     assert f"alertname: {name}" in result.stdout + result.stderr
 
