@@ -18,8 +18,13 @@ admission_duration = Histogram(
 )
 unprotected_pods = Gauge(
     "expiry_unprotected_pods",
-    "Pods annotated expiry.io/enabled=true that run without the injected sidecar",
+    "Pods opted in with expiry.io/enabled (or misspelling it) that run without the injected sidecar",
     ["namespace"],
+)
+hang_incidents = Counter(
+    "expiry_hang_incidents_total",
+    "Hang incidents reported (one HangDetected Event each), by namespace and workload kind",
+    ["namespace", "kind"],
 )
 
 for _result in ADMISSION_RESULTS:
