@@ -79,7 +79,7 @@ def workload_of(pod: Mapping[str, Any]) -> Workload:
         name = labels.get(known.label)
         if not name:
             continue
-        if controller is not None and controller.get("name") == name and _same_family(controller, known):
+        if controller is not None and _same_family(controller, known):
             return _from_reference(controller, namespace)
         uid = labels.get(known.uid_label, "") if known.uid_label else ""
         return Workload(known.api_version, known.kind, namespace, name, uid)
