@@ -67,6 +67,27 @@ class KubeApi(kubeapi.KubeApi):
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
 
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch, as the kubelet (status) or a user (labels) would send it."""
+        requests.patch(
+            f"{self.url}/api/v1/namespaces/{namespace}/pods/{name}",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+            timeout=10,
+        ).raise_for_status()
+
+    def reads(self, plural: str) -> list[str]:
+        """The list and watch requests kmock has served for ``plural`` (e.g. "pods"), oldest first."""
+        return self.call(
+            lambda emulator: [
+                str(request.action.value)
+                for request in emulator
+                if request.resource is not None
+                and request.resource.plural == plural
+                and str(request.action.value) in ("LIST", "WATCH")
+            ]
+        )
+
     def events(self, namespace: str) -> list[dict[str, Any]]:
         reply = requests.get(f"{self.url}/api/v1/namespaces/{namespace}/events", timeout=10)
         reply.raise_for_status()

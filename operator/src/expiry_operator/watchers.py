@@ -42,15 +42,23 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
 def _watch_unprotected(registry: kopf.OperatorRegistry) -> None:
     unprotected = UnprotectedPods()
+    kopf_settings = kopf.OperatorSettings()
 
     @kopf.on.event("pods", id="unprotected-pods", registry=registry)
     async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if unprotected.observe(event.get("type"), body):
-            message = warning(body)
-            kopf.warn(body, reason=UNPROTECTED_REASON, message=message)
-            logger.warning("unprotected pod %s: %s", _name(body), message)
+        found = unprotected.observe(event.get("type"), body)
         for namespace, count in unprotected.counts().items():
             metrics.unprotected_pods.labels(namespace=namespace).set(count)
+        if found:
+            message = warning(body)
+            logger.warning("unprotected pod %s: %s", _name(body), message)
+            pod = Workload(
+                "v1", "Pod", body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or ""
+            )
+            try:
+                await post_event(pod, UNPROTECTED_REASON, message, kopf_settings)
+            except Exception as e:
+                logger.error("cannot post the %s Event for pod %s: %s", UNPROTECTED_REASON, _name(body), e)
 
 
 def _watch_hangs(registry: kopf.OperatorRegistry, watch: HangWatch) -> None:
@@ -122,32 +130,8 @@ class HangWatch:
             workload = await self._with_uid(workload)
         message = hang.message()
         logger.warning("hang in %s %s/%s: %s", workload.kind, workload.namespace, workload.name, message)
-        now = datetime.datetime.now(datetime.UTC)
-        await api.post(
-            f"/api/v1/namespaces/{workload.namespace}/events",
-            payload={
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {
-                    "generateName": f"{workload.name}.",
-                    "namespace": workload.namespace,
-                    "annotations": {DETAILS_ANNOTATION: hang.details_json()},
-                },
-                "involvedObject": workload.reference(),
-                "type": "Warning",
-                "reason": EVENT_REASON,
-                "message": message,
-                "action": "Report",
-                "source": {"component": REPORTING_COMPONENT},
-                "reportingComponent": REPORTING_COMPONENT,
-                "reportingInstance": os.environ.get("HOSTNAME", "expiry-operator"),
-                "firstTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                "lastTimestamp": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
-                "eventTime": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "count": 1,
-            },
-            settings=self._kopf_settings,
-            logger=logger,
+        await post_event(
+            workload, EVENT_REASON, message, self._kopf_settings, {DETAILS_ANNOTATION: hang.details_json()}
         )
 
     async def _owner_from_api(self, namespace: str, pod: str, uid: str) -> Workload:
@@ -179,6 +163,44 @@ class HangWatch:
             return workload
         uid = str((body.get("metadata") or {}).get("uid") or "")
         return Workload(workload.api_version, workload.kind, workload.namespace, workload.name, uid)
+
+
+async def post_event(
+    about: Workload,
+    reason: str,
+    message: str,
+    settings: kopf.OperatorSettings,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    """Write one Warning Event (core v1) on ``about``, named as client-go names them (unique per call)."""
+    now = datetime.datetime.now(datetime.UTC)
+    stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+    await api.post(
+        f"/api/v1/namespaces/{about.namespace}/events",
+        payload={
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{about.name}.{time.time_ns():x}",
+                "namespace": about.namespace,
+                "annotations": annotations or {},
+            },
+            "involvedObject": about.reference(),
+            "type": "Warning",
+            "reason": reason,
+            "message": message,
+            "action": "Report",
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": os.environ.get("HOSTNAME", "expiry-operator"),
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "eventTime": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "count": 1,
+        },
+        settings=settings,
+        logger=logger,
+    )
 
 
 def _name(body: Any) -> str:
