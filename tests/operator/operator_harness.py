@@ -11,6 +11,7 @@ Kept importable without pytest so ``bench/webhook_latency.py`` can reuse it.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -66,6 +67,19 @@ class KubeApi(kubeapi.KubeApi):
 
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    def forget_requests_beyond(self, count: int) -> None:
+        """Keep only the last ``count`` requests in kmock's history (``reads`` then sees only those).
+
+        kmock matches each request against its reactions by scanning every request it has recorded, so
+        serving slows down linearly with the history: ~5 creates/s after a few hundred requests. A
+        benchmark that sends thousands bounds it; tests that read the history leave it alone.
+        """
+
+        def bound(emulator: Any) -> None:
+            emulator._requests = collections.deque(emulator._requests, maxlen=count)
+
+        self.call(bound)
 
     def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """A merge patch, as the kubelet (status) or a user (labels) would send it."""
