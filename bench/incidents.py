@@ -39,8 +39,8 @@ from tests.operator.operator_harness import KubeApi, OperatorProcess, kill, kill
 
 NS = "ml"
 JOBSET = "llama"
-WAIT = ["distributed_c10d.py:2050 in all_reduce", "train.py:30 in step"]
-STUCK = ["data.py:41 in next_batch", "train.py:28 in step"]
+WAIT = ["train.py:30 in step", "distributed_c10d.py:2050 in all_reduce"]  # innermost last
+STUCK = ["train.py:28 in step", "data.py:41 in next_batch"]
 
 
 def _cpu_seconds(pid: int) -> float:

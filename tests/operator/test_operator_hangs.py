@@ -11,8 +11,8 @@ import pytest
 
 from tests.operator.operator_harness import KubeApi, OperatorProcess, kill, make_tls
 
-WAIT = ["c10d.py:2050 in all_reduce", "train.py:30 in step"]
-STUCK = ["data.py:10 in load", "train.py:28 in step"]
+WAIT = ["train.py:30 in step", "c10d.py:2050 in all_reduce"]  # innermost last
+STUCK = ["train.py:28 in step", "data.py:10 in load"]
 NS = "ml"
 
 
@@ -130,8 +130,8 @@ def test_one_job_and_one_jobset_give_one_report_each_naming_the_odd_rank(
         assert event["type"] == "Warning"
         message = event["message"]
         assert message.startswith("8 workers in 4 pods of ")
-        assert f"Odd ones out (1): rank {odd_rank} (pod {odd_pod}) in train.py:28 in step" in message
-        assert "7 stopped in train.py:30 in step" in message
+        assert f"Odd ones out (1): rank {odd_rank} (pod {odd_pod}) in data.py:10 in load" in message
+        assert "7 stopped in c10d.py:2050 in all_reduce" in message
         details = json.loads(event["metadata"]["annotations"]["expiry.io/incident"])
         assert [odd["rank"] for odd in details["oddOnesOut"]] == [odd_rank]
         assert details["majority"]["frames"] == WAIT and details["workers"] == 8
