@@ -126,10 +126,11 @@ def test_kills_of_different_workloads_never_share_an_incident() -> None:
     tracker = IncidentTracker(window=5, max_span=20)
     other = Workload("batch/v1", "Job", "ml", "other", "v")
     same_name_elsewhere = Workload("batch/v1", "Job", "team-b", "train", "w")
-    for workload in (JOB, other, same_name_elsewhere, JOB):
+    created_again = Workload("batch/v1", "Job", "ml", "train", "u2")
+    for workload in (JOB, other, same_name_elsewhere, created_again, JOB):
         tracker.add(workload, event("x", [kill(0, "s", WAIT)]), now=0)
     incidents = {incident.workload.key: incident.workers for incident in tracker.pop_due(10)}
-    assert incidents == {JOB.key: 2, other.key: 1, same_name_elsewhere.key: 1}
+    assert incidents == {JOB.key: 2, other.key: 1, same_name_elsewhere.key: 1, created_again.key: 1}
 
 
 def incident_of(*events: KillEvent) -> Any:

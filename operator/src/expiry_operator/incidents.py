@@ -85,14 +85,12 @@ class IncidentTracker:
     def __init__(self, *, window: float, max_span: float) -> None:
         self.window = window
         self.max_span = max_span
-        self._open: dict[tuple[str, str, str, str], Incident] = {}
+        self._open: dict[tuple[str, str, str, str, str], Incident] = {}
 
     def add(self, workload: Workload, event: KillEvent, now: float) -> Incident:
         incident = self._open.get(workload.key)
         if incident is None:
             incident = self._open[workload.key] = Incident(workload=workload, opened=now, last=now)
-        elif workload.uid and not incident.workload.uid:
-            incident.workload = workload
         incident.add(event, now)
         return incident
 

@@ -22,9 +22,9 @@ class Workload:
     uid: str = ""
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        """What groups kills: the object, whether or not its uid is known yet."""
-        return (self.namespace, self.api_version.split("/")[0], self.kind, self.name)
+    def key(self) -> tuple[str, str, str, str, str]:
+        """What groups kills: the object (a Job deleted and created again under its name is another)."""
+        return (self.namespace, self.api_version.split("/")[0], self.kind, self.name, self.uid)
 
     def reference(self) -> dict[str, str]:
         """An ObjectReference, as an Event's involvedObject."""
