@@ -25,7 +25,7 @@ def api() -> Iterator[KubeApi]:
 @pytest.fixture(scope="module")
 def operator(api: KubeApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("hangs")
-    config = {"hangReports": {"window": 1.0, "maxSpan": 30}, "unprotectedPods": {"watch": False}}
+    config = {"hangReports": {"window": 1.0, "maxSpan": 30}}
     with OperatorProcess(api, make_tls(workdir / "tls"), workdir / "op", config=config) as running:
         yield running
 
@@ -178,3 +178,32 @@ def test_a_pod_the_watch_has_not_shown_is_read_once_for_its_workload(
     api.post_kill_event(unlabelled, [kill(0, "train.py:25", WAIT)])
     (report,) = wait_for(lambda: hang_events(api, "unseen"))
     assert report["involvedObject"]["kind"] == "Job" and report["involvedObject"]["uid"] == "unseen-uid"
+    assert pod_gets(api).count("unseen-0") == 1
+
+
+def pod_gets(api: KubeApi) -> list[str]:
+    return api.call(
+        lambda emulator: [
+            str(request.name)
+            for request in emulator
+            if request.resource is not None
+            and request.resource.plural == "pods"
+            and str(request.action.value) == "FETCH"
+        ]
+    )
+
+
+def test_pods_the_watch_has_shown_cost_no_request_per_kill_event(
+    api: KubeApi, operator: OperatorProcess
+) -> None:
+    pods = [job_pod("watched", i, "watched-uid") for i in range(3)]
+    for pod in pods:
+        api.create_pod(pod)
+    marker = job_pod("marker", 0, "marker-uid")  # opted in, never injected: reported once the watch got here
+    marker["metadata"]["annotations"] = {"expiry.io/enabled": "true"}
+    api.create_pod(marker)
+    wait_for(lambda: [e for e in api.events(NS) if e["reason"] == "ExpiryNotInjected"])
+    for index, pod in enumerate(pods):
+        api.post_kill_event(pod, [kill(index, "train.py:25", WAIT)])
+    wait_for(lambda: hang_events(api, "watched"))
+    assert not {pod["metadata"]["name"] for pod in pods} & set(pod_gets(api))
