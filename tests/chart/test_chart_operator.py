@@ -36,6 +36,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "health": {"port": 8080},
     "metrics": {"port": 9465},
     "unprotectedPods": {"watch": True},
+    "hangReports": {"enabled": True, "window": 5, "maxSpan": 60},
 }
 
 
@@ -190,8 +191,8 @@ def rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
-def test_operator_rbac_is_pods_read_and_events_write_only(defaults: Rendered) -> None:
-    role = defaults.one("ClusterRole", "expiry")
+def test_operator_rbac_is_pods_read_and_events_write_only(helm: Helm) -> None:
+    role = helm.render({"operator": {"hangReports": {"enabled": False}}}).one("ClusterRole", "expiry")
     assert rules(role) == {
         ("", "pods", "get"),
         ("", "pods", "list"),
@@ -199,6 +200,28 @@ def test_operator_rbac_is_pods_read_and_events_write_only(defaults: Rendered) ->
         ("", "events", "create"),
         ("", "events", "patch"),
     }
+
+
+def test_the_hang_report_reads_kill_events_and_gets_workloads(defaults: Rendered) -> None:
+    added = rules(defaults.one("ClusterRole", "expiry")) - {
+        ("", "pods", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "events", "create"),
+        ("", "events", "patch"),
+    }
+    assert added == {
+        ("events.k8s.io", "events", "list"),
+        ("events.k8s.io", "events", "watch"),
+        ("batch", "jobs", "get"),
+        ("jobset.x-k8s.io", "jobsets", "get"),
+        ("kubeflow.org", "pytorchjobs", "get"),
+        ("trainer.kubeflow.org", "trainjobs", "get"),
+    }
+
+
+def test_operator_rbac_binding(defaults: Rendered) -> None:
+    role = defaults.one("ClusterRole", "expiry")
     binding = defaults.one("ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     service_account = defaults.one("ServiceAccount")["metadata"]

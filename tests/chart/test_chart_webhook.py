@@ -14,6 +14,7 @@ import celpy
 import pytest
 
 from expiry import names
+from expiry_operator.opt_in import OFF, ON, wants_expiry
 
 if TYPE_CHECKING:
     from conftest import Helm, Rendered
@@ -139,16 +140,30 @@ def test_new_clusters_filter_with_cel_on_the_annotation(new_cluster: dict[str, A
         pod(),
         pod({}),
         pod({names.ENABLED_ANNOTATION: "false"}),
-        pod({names.ENABLED_ANNOTATION: "True"}),
         pod({"other.io/enabled": "true"}),
         pod({}, labels={names.ENABLED_ANNOTATION: "true"}),
     ],
-    ids=["no-annotations", "empty-annotations", "false", "not-exactly-true", "other-key", "label-only"],
+    ids=["no-annotations", "empty-annotations", "false", "other-key", "label-only"],
 )
 def test_new_clusters_skip_pods_that_did_not_opt_in(
     new_cluster: dict[str, Any], skipped: dict[str, Any]
 ) -> None:
     assert not reaches_webhook(new_cluster, skipped, ns("ml"))
+
+
+SPELLINGS = (*ON, *OFF, "ture", " true", "enabled", "", "TRUE ")
+
+
+@pytest.mark.parametrize("webhook_fixture", ["new_cluster", "old_cluster"])
+def test_the_webhook_sees_exactly_the_pods_the_operator_injects_or_denies(
+    request: pytest.FixtureRequest, webhook_fixture: str
+) -> None:
+    """One opt-in rule: the chart's filter (CEL, or the label before 1.30) agrees with opt_in.wants_expiry."""
+    webhook = request.getfixturevalue(webhook_fixture)
+    for value in SPELLINGS:
+        annotations = {names.ENABLED_ANNOTATION: value}
+        candidate = pod(annotations, labels=annotations if webhook_fixture == "old_cluster" else None)
+        assert reaches_webhook(webhook, candidate, ns("ml")) is wants_expiry(annotations), value
 
 
 def test_old_clusters_filter_with_the_opt_in_label(old_cluster: dict[str, Any]) -> None:

@@ -11,10 +11,12 @@ Kept importable without pytest so ``bench/webhook_latency.py`` can reuse it.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import dataclasses
 import datetime
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -52,6 +54,9 @@ class KubeApi(kubeapi.KubeApi):
         "v1/pods": ("Pod", True),
         "v1/events": ("Event", True),
         "v1/namespaces": ("Namespace", False),
+        "events.k8s.io/v1/events": ("Event", True),
+        "batch/v1/jobs": ("Job", True),
+        "jobset.x-k8s.io/v1alpha2/jobsets": ("JobSet", True),
     }
 
     def __init__(self, *, git_version: str = "v1.31.2") -> None:
@@ -63,10 +68,104 @@ class KubeApi(kubeapi.KubeApi):
     def delete_pod(self, namespace: str, name: str) -> None:
         self.delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
 
+    def forget_requests_beyond(self, count: int) -> None:
+        """Keep only the last ``count`` requests in kmock's history (``reads`` then sees only those).
+
+        kmock matches each request against its reactions by scanning every request it has recorded, so
+        serving slows down linearly with the history: ~5 creates/s after a few hundred requests. A
+        benchmark that sends thousands bounds it; tests that read the history leave it alone.
+        """
+
+        def bound(emulator: Any) -> None:
+            emulator._requests = collections.deque(emulator._requests, maxlen=count)
+
+        self.call(bound)
+
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch, as the kubelet (status) or a user (labels) would send it."""
+        requests.patch(
+            f"{self.url}/api/v1/namespaces/{namespace}/pods/{name}",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+            timeout=10,
+        ).raise_for_status()
+
+    def reads(self, plural: str) -> list[str]:
+        """The list and watch requests kmock has served for ``plural`` (e.g. "pods"), oldest first."""
+        return self.call(
+            lambda emulator: [
+                str(request.action.value)
+                for request in emulator
+                if request.resource is not None
+                and request.resource.plural == plural
+                and str(request.action.value) in ("LIST", "WATCH")
+            ]
+        )
+
     def events(self, namespace: str) -> list[dict[str, Any]]:
         reply = requests.get(f"{self.url}/api/v1/namespaces/{namespace}/events", timeout=10)
         reply.raise_for_status()
         return list(reply.json()["items"])
+
+    def post_kill_event(self, pod: dict[str, Any], kills: list[dict[str, Any]], **kwargs: Any) -> None:
+        """What a sidecar writes after a burst of kills in ``pod`` (events.k8s.io/v1)."""
+        event = kill_event(pod, kills, **kwargs)
+        self.create(f"/apis/events.k8s.io/v1/namespaces/{event['metadata']['namespace']}/events", event)
+
+
+def kill_event(
+    pod: dict[str, Any],
+    kills: list[dict[str, Any]],
+    *,
+    reason: str = "WorkerKilled",
+    truncated: int = 0,
+    at: float | None = None,
+) -> dict[str, Any]:
+    """A sidecar's kill Event (the contract in COMMON.md): one per pod and burst, the kills annotated."""
+    metadata = pod["metadata"]
+    when = datetime.datetime.fromtimestamp(time.time() if at is None else at, datetime.UTC)
+    annotations = {"expiry.io/kills": json.dumps(kills, separators=(",", ":"))}
+    if truncated:
+        annotations["expiry.io/kills-truncated"] = str(truncated)
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{metadata['name']}.{uuid.uuid4().hex[:12]}",
+            "namespace": metadata["namespace"],
+            "uid": str(uuid.uuid4()),
+            "annotations": annotations,
+        },
+        "eventTime": when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "reportingController": "expiry.io/sidecar",
+        "reportingInstance": f"{metadata['name']}/expiry-sidecar",
+        "action": "Kill",
+        "reason": reason,
+        "type": "Warning",
+        "note": f"{len(kills)} worker(s) passed their deadline",
+        "regarding": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": metadata["namespace"],
+            "name": metadata["name"],
+            "uid": metadata.get("uid", ""),
+        },
+    }
+
+
+def kill(rank: int | None, scope: str, frames: list[str], *, deadline: float | None = None) -> dict[str, Any]:
+    """One worker of a kill Event's ``expiry.io/kills`` list."""
+    return {
+        "pid": 100 + (rank or 0),
+        "rank": rank,
+        "local_rank": None if rank is None else rank % 8,
+        "scope": scope,
+        "deadline": time.time() if deadline is None else deadline,
+        "signal": "SIGKILL",
+        "outcome": "delivered",
+        "rule": "requested",
+        "frames": frames,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

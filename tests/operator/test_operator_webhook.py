@@ -127,6 +127,25 @@ def test_malformed_bodies_get_a_clear_4xx(
     assert operator.admit(INJECTED_CASES["jobset"])["response"]["allowed"] is True  # still serving
 
 
+def test_every_spelling_of_the_opt_in_gets_its_answer_from_the_webhook(operator: OperatorProcess) -> None:
+    """The same rule as admit() and the chart's filter (tests/operator/test_opt_in.py, test_chart_webhook)."""
+    for value, injected, allowed in (
+        ("True", True, True),
+        ("yes", True, True),
+        ("1", True, True),
+        ("False", False, True),
+        ("off", False, True),
+        ("ture", False, False),
+    ):
+        pod = copy.deepcopy(INJECTED_CASES["jobset"])
+        pod["metadata"]["annotations"]["expiry.io/enabled"] = value
+        response = operator.admit(pod)["response"]
+        assert response["allowed"] is allowed, value
+        assert bool(decoded_patch(operator.admit(pod))) is injected, value
+        if not allowed:
+            assert "'ture' is not accepted" in response["status"]["message"]
+
+
 def test_health_and_metrics_endpoints(operator: OperatorProcess) -> None:
     base = f"http://127.0.0.1:{operator.health_port}"
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200

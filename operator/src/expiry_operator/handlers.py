@@ -1,4 +1,4 @@
-"""The kopf handlers: the mutating webhook ``expiry-inject`` and the unprotected-pod watch."""
+"""The kopf handlers: the mutating webhook ``expiry-inject``, and the watches ``watchers`` adds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from typing import Any
 
 import kopf
 
-from expiry import names
-from expiry_operator import metrics, patch_relay
+from expiry_operator import metrics, patch_relay, watchers
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import Settings
-from expiry_operator.unprotected import EVENT_REASON, UnprotectedPods
 
 HANDLER_ID = "expiry-inject"  # the webhook path is /expiry-inject: the chart points there
 logger = logging.getLogger(__name__)
@@ -55,22 +53,7 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
         else:
             metrics.admissions.labels(result="skipped").inc()
 
-    if settings.unprotected_pods.watch:
-        unprotected = UnprotectedPods()
-
-        @kopf.on.event("pods", registry=registry)
-        async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-            if unprotected.observe(event.get("type"), body):
-                message = (
-                    f"pod is annotated {names.ENABLED_ANNOTATION}=true but runs without the expiry sidecar "
-                    "(the webhook was unavailable or bypassed when it was created): stuck workers will not "
-                    "be killed. Recreate the pod to have it injected."
-                )
-                kopf.warn(body, reason=EVENT_REASON, message=message)
-                logger.warning("unprotected pod %s: %s", _pod_name(body), message)
-            for namespace, count in unprotected.counts().items():
-                metrics.unprotected_pods.labels(namespace=namespace).set(count)
-
+    watchers.register(registry, settings)
     return registry
 
 

@@ -19,12 +19,12 @@ import jsonpointer
 
 from expiry import names
 from expiry_operator import record as records
+from expiry_operator.opt_in import OptIn, invalid_message, opt_in
 from expiry_operator.options import (
     CONTAINERS,
     RECORD_ANNOTATION,
     OptionError,
     PodOptions,
-    is_enabled,
     parse_options,
 )
 from expiry_operator.quantities import QuantityError, parse_quantity
@@ -80,8 +80,11 @@ class _Deny(Exception):
 def admit(pod: Mapping[str, Any], settings: SidecarSettings, *, native_sidecars_supported: bool) -> Outcome:
     """Decide what admission makes of ``pod``: inject it, leave it alone, or deny it."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if not is_enabled(annotations):
-        return Skipped(f'no {names.ENABLED_ANNOTATION}: "true" annotation')
+    enabled = opt_in(annotations)
+    if enabled is OptIn.INVALID:
+        return Denied(f"expiry: {invalid_message(annotations[names.ENABLED_ANNOTATION])}", BAD_REQUEST)
+    if enabled is not OptIn.ON:
+        return Skipped(f"{names.ENABLED_ANNOTATION} is {enabled.value}")
     try:
         options = parse_options(annotations, settings)
         patch = _patch(pod, annotations.get(RECORD_ANNOTATION), settings, options, native_sidecars_supported)

@@ -18,12 +18,17 @@ admission_duration = Histogram(
 )
 unprotected_pods = Gauge(
     "expiry_unprotected_pods",
-    "Pods annotated expiry.io/enabled=true that run without the injected sidecar",
+    "Pods opted in with expiry.io/enabled (or misspelling it) that run without the injected sidecar",
     ["namespace"],
 )
 webhook_certificate_expiry = Gauge(
     "expiry_webhook_certificate_expiry_timestamp_seconds",
     "notAfter of the serving certificate the webhook currently serves, in Unix seconds",
+)
+hang_incidents = Counter(
+    "expiry_hang_incidents_total",
+    "Hang incidents reported (one HangDetected Event each), by namespace and workload kind",
+    ["namespace", "kind"],
 )
 
 for _result in ADMISSION_RESULTS:

@@ -58,10 +58,6 @@ class PodOptions:
     events: bool
 
 
-def is_enabled(annotations: Mapping[str, str]) -> bool:
-    return annotations.get(names.ENABLED_ANNOTATION) == "true"
-
-
 def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> PodOptions:
     """Read the pod's options; an absent annotation takes the operator-wide default."""
     unknown = sorted(key for key in annotations if key.startswith(P) and key not in _KNOWN)

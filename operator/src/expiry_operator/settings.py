@@ -62,12 +62,22 @@ class UnprotectedPodsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class HangReportSettings:
+    """One ``HangDetected`` Event per workload and incident, from the sidecars' kill Events."""
+
+    enabled: bool = True
+    window: float = 5.0  # seconds without a new kill Event that close an incident
+    max_span: float = 60.0  # an incident is reported at the latest this long after it opened
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     sidecar: SidecarSettings = dataclasses.field(default_factory=SidecarSettings)
     webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
     health: PortSettings = dataclasses.field(default_factory=lambda: PortSettings(port=8080))
     metrics: PortSettings = dataclasses.field(default_factory=lambda: PortSettings(port=9465))
     unprotected_pods: UnprotectedPodsSettings = dataclasses.field(default_factory=UnprotectedPodsSettings)
+    hang_reports: HangReportSettings = dataclasses.field(default_factory=HangReportSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -92,6 +102,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
     health = root.section("health")
     metrics = root.section("metrics")
     unprotected = root.section("unprotectedPods")
+    hang = root.section("hangReports")
     root.reject_unknown()
     defaults = Settings()
     result = Settings(
@@ -121,8 +132,13 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
         unprotected_pods=UnprotectedPodsSettings(
             watch=unprotected.flag("watch", defaults.unprotected_pods.watch)
         ),
+        hang_reports=HangReportSettings(
+            enabled=hang.flag("enabled", defaults.hang_reports.enabled),
+            window=hang.seconds("window", defaults.hang_reports.window),
+            max_span=hang.seconds("maxSpan", defaults.hang_reports.max_span),
+        ),
     )
-    for section in (sidecar, webhook, health, metrics, unprotected):
+    for section in (sidecar, webhook, health, metrics, unprotected, hang):
         section.reject_unknown()
     return result
 
