@@ -1,4 +1,9 @@
-"""The kopf handlers: the mutating webhook ``expiry-inject`` and the unprotected-pod watch."""
+"""The kopf handlers, in two registries.
+
+* ``build_webhook_registry``: the mutating webhook ``expiry-inject``, served by every replica.
+* ``build_leader_registry``: the pod watches (the unprotected-pod report), run by the replica that
+  holds the Lease only (see ``leader_watch``). A new leader-only handler goes there.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,16 @@ class ClusterInfo:
     known: bool = False
 
 
-def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-
+def _login(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # kopf's own minimal logins: in a pod, the service account; elsewhere, $KUBECONFIG.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def build_webhook_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    _login(registry)
 
     @kopf.on.mutate("pods", id=HANDLER_ID, operations=["CREATE"], registry=registry)
     async def inject(body: kopf.Body, **_: Any) -> None:
@@ -55,21 +63,34 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
         else:
             metrics.admissions.labels(result="skipped").inc()
 
-    if settings.unprotected_pods.watch:
-        unprotected = UnprotectedPods()
+    return registry
 
-        @kopf.on.event("pods", registry=registry)
-        async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-            if unprotected.observe(event.get("type"), body):
-                message = (
-                    f"pod is annotated {names.ENABLED_ANNOTATION}=true but runs without the expiry sidecar "
-                    "(the webhook was unavailable or bypassed when it was created): stuck workers will not "
-                    "be killed. Recreate the pod to have it injected."
-                )
-                kopf.warn(body, reason=EVENT_REASON, message=message)
-                logger.warning("unprotected pod %s: %s", _pod_name(body), message)
-            for namespace, count in unprotected.counts().items():
-                metrics.unprotected_pods.labels(namespace=namespace).set(count)
+
+def build_leader_registry(settings: Settings) -> kopf.OperatorRegistry | None:
+    """A fresh registry per leadership term; None when no leader-only handler is configured."""
+    if not settings.unprotected_pods.watch:
+        return None
+    registry = kopf.OperatorRegistry()
+    _login(registry)
+    unprotected = UnprotectedPods()
+
+    @kopf.on.event("pods", registry=registry)
+    async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if unprotected.observe(event.get("type"), body):
+            message = (
+                f"pod is annotated {names.ENABLED_ANNOTATION}=true but runs without the expiry sidecar "
+                "(the webhook was unavailable or bypassed when it was created): stuck workers will not "
+                "be killed. Recreate the pod to have it injected."
+            )
+            kopf.warn(body, reason=EVENT_REASON, message=message)
+            logger.warning("unprotected pod %s: %s", _pod_name(body), message)
+        for namespace, count in unprotected.counts().items():
+            metrics.unprotected_pods.labels(namespace=namespace).set(count)
+
+    @kopf.on.cleanup(registry=registry)
+    async def forget_pods(**_: Any) -> None:
+        # No longer the leader (or exiting): the leader's gauge is the one to read, not a stale copy.
+        metrics.unprotected_pods.clear()
 
     return registry
 
