@@ -115,7 +115,6 @@ def test_the_leader_registry_holds_only_watch_and_lifecycle_handlers() -> None:
     from expiry_operator.settings import Settings
 
     registry = handlers.build_leader_registry(Settings())
-    assert registry is not None
     assert not registry._webhooks.get_all_handlers(), "the webhook must be served by every replica"
     assert registry._watching.get_all_handlers()
     assert asyncio.iscoroutinefunction(leader_watch.run_while_leading)

@@ -211,3 +211,30 @@ def test_a_killed_leaders_lease_expires_and_the_other_takes_over(tmp_path: Path)
             bypassed_pod(api, "orphan")
             wait_for(lambda: not_injected(api, "orphan"), what="op-b reporting")
             assert "unprotected pod orphan/orphan" in b.log()
+
+
+def test_without_leader_only_handlers_there_is_no_lease_and_with_election_off_no_lease_either(
+    tmp_path: Path,
+) -> None:
+    tls = make_tls(tmp_path / "tls")
+    with KubeApi() as api:
+        quiet = OperatorProcess(
+            api,
+            tls,
+            tmp_path / "quiet",
+            config={"unprotectedPods": {"watch": False}},
+            env={"EXPIRY_POD_NAME": "q"},
+        )
+        alone = OperatorProcess(
+            api,
+            tls,
+            tmp_path / "alone",
+            config={"leaderElection": {"enabled": False}},
+            env={"EXPIRY_POD_NAME": "s"},
+        )
+        with quiet, alone:
+            bypassed_pod(api, "lone")
+            wait_for(lambda: not_injected(api, "lone"), what="the election-less replica reporting")
+            assert "unprotected pod lone/lone" in alone.log() and "unprotected pod" not in quiet.log()
+            assert not api.objects("coordination.k8s.io/v1/leases", "default")
+            assert "leader election" not in quiet.log() + alone.log()

@@ -66,10 +66,13 @@ def build_webhook_registry(settings: Settings, cluster: ClusterInfo) -> kopf.Ope
     return registry
 
 
-def build_leader_registry(settings: Settings) -> kopf.OperatorRegistry | None:
-    """A fresh registry per leadership term; None when no leader-only handler is configured."""
-    if not settings.unprotected_pods.watch:
-        return None
+def has_leader_handlers(settings: Settings) -> bool:
+    """Whether any leader-only handler is configured (if not, no Lease and no watch at all)."""
+    return settings.unprotected_pods.watch
+
+
+def build_leader_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """A fresh registry per leadership term: the watches run by the Lease holder only."""
     registry = kopf.OperatorRegistry()
     _login(registry)
     unprotected = UnprotectedPods()

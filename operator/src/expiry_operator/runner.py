@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import tempfile
@@ -18,7 +19,13 @@ from kopf._cogs.structs.credentials import Vault
 from expiry_operator import identity, logs
 from expiry_operator.election import LeaseClient, elect
 from expiry_operator.endpoints import start_endpoints
-from expiry_operator.handlers import HANDLER_ID, ClusterInfo, build_leader_registry, build_webhook_registry
+from expiry_operator.handlers import (
+    HANDLER_ID,
+    ClusterInfo,
+    build_leader_registry,
+    build_webhook_registry,
+    has_leader_handlers,
+)
 from expiry_operator.leader_watch import run_while_leading
 from expiry_operator.leadership import Elector, Leadership
 from expiry_operator.logs import LogFormat
@@ -112,16 +119,11 @@ def _kopf_settings() -> kopf.OperatorSettings:
 
 def _start_leader_only(settings: Settings, vault: Vault) -> list[asyncio.Task[None]]:
     """The pod watches, in the replica holding the Lease (or always, with leader election off)."""
-    if build_leader_registry(settings) is None:
+    if not has_leader_handlers(settings):
         return []
-
-    def registry() -> kopf.OperatorRegistry:
-        built = build_leader_registry(settings)
-        assert built is not None
-        return built
-
     leadership = Leadership()
     election = settings.leader_election
+    registry = functools.partial(build_leader_registry, settings)
     tasks = [asyncio.create_task(run_while_leading(leadership, registry, _kopf_settings))]
     if not election.enabled:
         leadership.set(True)
