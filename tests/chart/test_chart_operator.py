@@ -37,6 +37,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "metrics": {"port": 9465},
     "unprotectedPods": {"watch": True},
     "hangReports": {"enabled": True, "window": 5, "maxSpan": 60},
+    "leaderElection": {"leaseName": "expiry"},
 }
 
 
@@ -231,6 +232,27 @@ def test_operator_rbac_binding(defaults: Rendered) -> None:
     assert pod_spec(defaults)["serviceAccountName"] == service_account["name"]
 
 
+def test_the_lease_role_is_one_lease_in_the_release_namespace(defaults: Rendered) -> None:
+    role = defaults.one("Role", "expiry-leader-election")
+    namespace = defaults.one("Deployment")["metadata"]["namespace"]
+    assert role["metadata"]["namespace"] == namespace
+    assert rules(role) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("create", "get", "update", "patch")
+    }
+    lease_name = operator_config(defaults)["leaderElection"]["leaseName"]
+    assert all(r.get("resourceNames") == [lease_name] for r in role["rules"] if "create" not in r["verbs"])
+    binding = defaults.one("RoleBinding", "expiry-leader-election")
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "expiry-leader-election",
+    }
+    assert binding["subjects"] == defaults.one("ClusterRoleBinding")["subjects"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container(defaults)["env"]}
+    assert env == {"EXPIRY_POD_NAME": "metadata.name", "EXPIRY_POD_NAMESPACE": "metadata.namespace"}
+
+
 def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
     values = {
         "sidecarEvents": {
@@ -245,9 +267,10 @@ def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
     role = rendered.one("ClusterRole", "expiry-sidecar-events")
     assert rules(role) == {(sidecar_event_api_group(), "events", "create")}
     assert role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
-    bindings = {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in rendered.all("RoleBinding")}
+    sidecar_bindings = [b for b in rendered.all("RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
+    bindings = {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in sidecar_bindings}
     assert bindings == {("ml", "trainer"), ("cv", "default")}
-    for binding in rendered.all("RoleBinding"):
+    for binding in sidecar_bindings:
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
@@ -259,7 +282,7 @@ def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
 def test_sidecar_events_role_is_not_aggregated_by_default(defaults: Rendered) -> None:
     labels = defaults.one("ClusterRole", "expiry-sidecar-events")["metadata"]["labels"]
     assert "rbac.authorization.k8s.io/aggregate-to-admin" not in labels
-    assert not defaults.has("RoleBinding")
+    assert all(b["roleRef"]["kind"] == "Role" for b in defaults.all("RoleBinding"))  # the Lease's only
 
 
 @pytest.mark.parametrize("kind", ["ServiceAccount", "ClusterRoleBinding", "PodDisruptionBudget"])

@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 class KubeApi(kubeapi.KubeApi):
-    """The API the operator needs: pods, events, namespaces, and a version to read."""
+    """The API the operator needs: pods, events, namespaces, leases, and a version to read."""
 
     RESOURCES = {
         "v1/pods": ("Pod", True),
@@ -57,6 +57,7 @@ class KubeApi(kubeapi.KubeApi):
         "events.k8s.io/v1/events": ("Event", True),
         "batch/v1/jobs": ("Job", True),
         "jobset.x-k8s.io/v1alpha2/jobsets": ("JobSet", True),
+        "coordination.k8s.io/v1/leases": ("Lease", True),
     }
 
     def __init__(self, *, git_version: str = "v1.31.2") -> None:
@@ -269,6 +270,7 @@ class OperatorProcess:
         *,
         config: dict[str, Any] | None = None,
         extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.extra_args = extra_args
         self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -290,7 +292,7 @@ class OperatorProcess:
         self.config_path = workdir / "operator.yaml"
         self.config_path.write_text(yaml.safe_dump(document))
         self.log_path = workdir / "operator.log"
-        self._env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(workdir / "kubeconfig"))}
+        self._env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(workdir / "kubeconfig")), **(env or {})}
         self._process: subprocess.Popen[bytes] | None = None
         # verify= on each call: requests lets $REQUESTS_CA_BUNDLE override a Session's own setting
         self.session = requests.Session()
@@ -328,6 +330,12 @@ class OperatorProcess:
                     return
             time.sleep(0.05)
         raise RuntimeError(f"operator not ready within {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean exit, so no Lease release either."""
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait(10)
 
     def stop(self) -> int | None:
         if self._process is None or self._process.poll() is not None:

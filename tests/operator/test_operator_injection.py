@@ -225,3 +225,49 @@ def test_the_record_text_is_compact_sorted_json_as_earlier_versions_wrote_it() -
     """A pod injected by an older operator must not count as changed just because the text differs."""
     text = inject(INJECTED_CASES["multi-container"])["metadata"]["annotations"][RECORD_ANNOTATION]
     assert text == json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)
+
+
+SCRAPE = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(names.METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
+
+
+def test_injected_pods_carry_prometheus_scrape_annotations_for_the_sidecars_port() -> None:
+    annotations = inject(INJECTED_CASES["jobset"])["metadata"]["annotations"]
+    assert SCRAPE.items() <= annotations.items()
+    moved = inject(INJECTED_CASES["clashes"])
+    assert moved["metadata"]["annotations"]["prometheus.io/port"] == str(
+        sidecar_of(moved)["ports"][0]["containerPort"]
+    )
+    assert moved["metadata"]["annotations"]["prometheus.io/port"] == str(names.METRICS_PORT + 1)
+
+
+@pytest.mark.parametrize("key", sorted(SCRAPE))
+def test_a_pods_own_prometheus_annotations_are_kept_and_none_are_added(key: str) -> None:
+    pod = copy.deepcopy(INJECTED_CASES["jobset"])
+    pod["metadata"]["annotations"][key] = "8000" if key.endswith("port") else "own"
+    injected = inject(pod)
+    ours = {k: v for k, v in injected["metadata"]["annotations"].items() if k.startswith("prometheus.io/")}
+    assert ours == {key: pod["metadata"]["annotations"][key]}
+    again = admit(injected, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(again, Injected) and not again.changed
+    stripped = copy.deepcopy(injected)
+    record.strip(stripped, record.loads(injected["metadata"]["annotations"][RECORD_ANNOTATION]))
+    assert stripped == pod  # the user's annotation survives a strip
+
+
+def test_a_pod_injected_before_scrape_annotations_existed_is_upgraded_once() -> None:
+    old = inject(INJECTED_CASES["jobset"])
+    annotations = old["metadata"]["annotations"]
+    for key in SCRAPE:
+        del annotations[key]
+    document = json.loads(annotations[RECORD_ANNOTATION])
+    del document["annotations"]  # what an earlier operator wrote
+    annotations[RECORD_ANNOTATION] = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    upgraded = admit(old, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(upgraded, Injected) and upgraded.changed
+    assert SCRAPE.items() <= upgraded.pod["metadata"]["annotations"].items()
+    again = admit(upgraded.pod, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(again, Injected) and not again.changed

@@ -1,6 +1,6 @@
 """Names and paths that the client, the sidecar, the operator and the chart agree on.
 
-They are contracts (see DESIGN.md): change one only together with every part that uses it.
+They are contracts (see docs/architecture.md): change one only together with every part that uses it.
 """
 
 from typing import Final

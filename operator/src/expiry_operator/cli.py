@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from expiry_operator.runner import run  # kopf and its dependencies only when serving
 
-            return run(load_settings(args.config), self_signed=args.self_signed)
+            return run(load_settings(args.config), self_signed=args.self_signed, log_format=args.log_format)
         return _inject(args)
     except ConfigError as e:
         print(f"expiry-operator: {e}", file=sys.stderr)
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         "--self-signed",
         action="store_true",
         help="local development: serve a generated self-signed certificate instead of the configured files",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="json: one object per line, as the sidecar logs (default); text: for a terminal",
     )
 
     inject = commands.add_parser("inject", help="print what admission would make of a manifest")

@@ -1,4 +1,9 @@
-"""The kopf handlers: the mutating webhook ``expiry-inject``, and the watches ``watchers`` adds."""
+"""The kopf handlers, in two registries.
+
+* ``build_webhook_registry``: the mutating webhook ``expiry-inject``, served by every replica.
+* ``build_leader_registry``: the watches (the unprotected-pod report and the hang report, see ``watchers``), run by the replica that
+  holds the Lease only (see ``leader_watch``). A new leader-only handler goes there.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +29,16 @@ class ClusterInfo:
     known: bool = False
 
 
-def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-
+def _login(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # kopf's own minimal logins: in a pod, the service account; elsewhere, $KUBECONFIG.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def build_webhook_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    _login(registry)
 
     @kopf.on.mutate("pods", id=HANDLER_ID, operations=["CREATE"], registry=registry)
     async def inject(body: kopf.Body, **_: Any) -> None:
@@ -53,7 +61,25 @@ def build_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorReg
         else:
             metrics.admissions.labels(result="skipped").inc()
 
+    return registry
+
+
+def has_leader_handlers(settings: Settings) -> bool:
+    """Whether any leader-only handler is configured (if not, no Lease and no watch at all)."""
+    return settings.unprotected_pods.watch or settings.hang_reports.enabled
+
+
+def build_leader_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """A fresh registry per leadership term: the watches run by the Lease holder only."""
+    registry = kopf.OperatorRegistry()
+    _login(registry)
     watchers.register(registry, settings)
+
+    @kopf.on.cleanup(registry=registry)
+    async def forget_pods(**_: Any) -> None:
+        # No longer the leader (or exiting): the leader's gauge is the one to read, not a stale copy.
+        metrics.unprotected_pods.clear()
+
     return registry
 
 

@@ -37,6 +37,8 @@ JsonPatch = list[dict[str, Any]]
 
 BAD_REQUEST = 400
 FORBIDDEN = 403
+SCRAPE, SCRAPE_PORT, SCRAPE_PATH = "prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"
+SCRAPE_ANNOTATIONS = (SCRAPE, SCRAPE_PORT, SCRAPE_PATH)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +152,7 @@ def _injection(
         _append(ops, path, trainer, "volumeMounts", [{"name": plan.volume, "mountPath": names.RUN_DIR}])
         env_added[trainer["name"]] = tuple(name for name, _ in env)
         mounts_added[trainer["name"]] = (plan.volume,)
+    scrape = _scrape_annotations(metadata, plan.metrics_port)
     record = records.Record(
         containers=() if native else (sidecar["name"],),
         init_containers=(sidecar["name"],) if native else (),
@@ -157,6 +160,7 @@ def _injection(
         env=env_added,
         volume_mounts=mounts_added,
         share_process_namespace="shareProcessNamespace" not in spec,
+        annotations=tuple(scrape),
     )
     _append(ops, "/spec", spec, "initContainers" if native else "containers", [sidecar])
     _append(ops, "/spec", spec, "volumes", [{"name": plan.volume, "emptyDir": {}}])
@@ -167,9 +171,21 @@ def _injection(
         "/metadata",
         metadata,
         "annotations",
-        {names.STATUS_ANNOTATION: names.INJECTED, RECORD_ANNOTATION: record.dumps()},
+        {names.STATUS_ANNOTATION: names.INJECTED, RECORD_ANNOTATION: record.dumps(), **scrape},
     )
     return ops
+
+
+def _scrape_annotations(metadata: Mapping[str, Any], port: int) -> dict[str, str]:
+    """``prometheus.io/*`` scrape hints for clusters without the Prometheus operator's PodMonitor.
+
+    A pod holds one set of them, so a pod that already has any (its trainer's own metrics) keeps its
+    own, untouched: its sidecar is then scraped through the PodMonitor only.
+    """
+    annotations = metadata.get("annotations") or {}
+    if any(key in annotations for key in SCRAPE_ANNOTATIONS):
+        return {}
+    return {SCRAPE: "true", SCRAPE_PORT: str(port), SCRAPE_PATH: "/metrics"}
 
 
 def _append(ops: JsonPatch, path: str, owner: Mapping[str, Any], field: str, items: list[Any]) -> None:

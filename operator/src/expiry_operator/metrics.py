@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from expiry_operator import __version__
+
 ADMISSION_RESULTS = ("injected", "skipped", "denied", "error")
 
 admissions = Counter(
@@ -30,6 +32,13 @@ hang_incidents = Counter(
     "Hang incidents reported (one HangDetected Event each), by namespace and workload kind",
     ["namespace", "kind"],
 )
+
+leading = Gauge(
+    "expiry_operator_leading",
+    "1 while this replica holds the Lease and runs the pod watches (exactly one replica should)",
+)
+build_info = Gauge("expiry_build_info", "expiry-operator build", ["version"])
+build_info.labels(version=__version__).set(1)
 
 for _result in ADMISSION_RESULTS:
     admissions.labels(result=_result)

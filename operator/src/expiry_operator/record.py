@@ -34,6 +34,7 @@ class Record:
         default_factory=dict
     )  # container -> volumes
     share_process_namespace: bool = False  # True when the operator set it (the pod left it unset)
+    annotations: tuple[str, ...] = ()  # pod annotations added besides the status and the record
 
     def dumps(self) -> str:
         document: dict[str, Any] = {
@@ -45,6 +46,8 @@ class Record:
             "volumeMounts": {name: list(values) for name, values in self.volume_mounts.items()},
             "shareProcessNamespace": self.share_process_namespace,
         }
+        if self.annotations:  # absent from records written before it existed, and read as empty
+            document["annotations"] = list(self.annotations)
         # The same text as json.dumps(document, separators=(",", ":"), sort_keys=True), ~5x faster
         return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -67,6 +70,7 @@ def loads(text: str) -> Record:
             env=_names_by_container(document.get("env", {})),
             volume_mounts=_names_by_container(document.get("volumeMounts", {})),
             share_process_namespace=document.get("shareProcessNamespace", False) is True,
+            annotations=_names(document.get("annotations", [])),
         )
     except TypeError as e:
         raise RecordError(f"annotation {RECORD_ANNOTATION} is malformed: {e}") from None
@@ -99,7 +103,7 @@ def strip(pod: dict[str, Any], record: Record) -> None:
     if record.share_process_namespace:
         spec.pop("shareProcessNamespace", None)
     metadata = pod.setdefault("metadata", {})
-    for key in (names.STATUS_ANNOTATION, RECORD_ANNOTATION):
+    for key in (names.STATUS_ANNOTATION, RECORD_ANNOTATION, *record.annotations):
         metadata.get("annotations", {}).pop(key, None)
     labels = metadata.get("labels")
     if labels and labels.pop(names.INJECTED_LABEL, None) is not None and not labels:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import tempfile
@@ -12,9 +14,21 @@ from typing import Any
 
 import kopf
 import uvloop
+from kopf._cogs.structs.credentials import Vault
 
+from expiry_operator import identity, logs
+from expiry_operator.election import LeaseClient, elect
 from expiry_operator.endpoints import start_endpoints
-from expiry_operator.handlers import HANDLER_ID, ClusterInfo, build_registry
+from expiry_operator.handlers import (
+    HANDLER_ID,
+    ClusterInfo,
+    build_leader_registry,
+    build_webhook_registry,
+    has_leader_handlers,
+)
+from expiry_operator.leader_watch import run_while_leading
+from expiry_operator.leadership import Elector, Leadership
+from expiry_operator.logs import LogFormat
 from expiry_operator.settings import Settings
 from expiry_operator.webhook import ExpiryWebhookServer
 
@@ -28,8 +42,8 @@ class _DropExpectedDenials(logging.Filter):
         return not record.getMessage().startswith(f"Webhook {HANDLER_ID!r} failed permanently")
 
 
-def run(settings: Settings, *, self_signed: bool = False) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(settings: Settings, *, self_signed: bool = False, log_format: LogFormat = "json") -> int:
+    logs.configure(log_format)
     per_object = logging.getLogger("kopf.objects")  # a line per admission and per pod event otherwise
     per_object.setLevel(logging.WARNING)
     per_object.addFilter(_DropExpectedDenials())
@@ -63,7 +77,7 @@ async def _operate(settings: Settings, cert: Path, key: Path) -> None:
         ready.set()
 
     cluster = ClusterInfo()
-    operator_settings = kopf.OperatorSettings()
+    operator_settings = _kopf_settings()
     operator_settings.admission.server = ExpiryWebhookServer(
         addr="0.0.0.0",
         port=settings.webhook.port,
@@ -74,17 +88,51 @@ async def _operate(settings: Settings, cert: Path, key: Path) -> None:
         on_ready=serving,
         reload_interval=settings.webhook.cert_reload_interval,
     )
-    operator_settings.posting.level = logging.WARNING  # our own Events only, not every handler log line
     runners = await start_endpoints(
         health_port=settings.health.port, metrics_port=settings.metrics.port, ready=ready
     )
+    vault = Vault()
+    # Created before kopf starts: kopf cancels, when it stops, every task created after it started.
+    leader_tasks = _start_leader_only(settings, vault)
     try:
         await kopf.operator(
-            registry=build_registry(settings, cluster),
+            registry=build_webhook_registry(settings, cluster),
             settings=operator_settings,
             clusterwide=True,
             standalone=True,
+            vault=vault,
         )
     finally:
+        for task in leader_tasks:  # the watches first, then the Lease: never two watchers at once
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for runner in runners:
             await runner.cleanup()
+
+
+def _kopf_settings() -> kopf.OperatorSettings:
+    operator_settings = kopf.OperatorSettings()
+    operator_settings.posting.level = logging.WARNING  # our own Events only, not every handler log line
+    return operator_settings
+
+
+def _start_leader_only(settings: Settings, vault: Vault) -> list[asyncio.Task[None]]:
+    """The pod watches, in the replica holding the Lease (or always, with leader election off)."""
+    if not has_leader_handlers(settings):
+        return []
+    leadership = Leadership()
+    election = settings.leader_election
+    registry = functools.partial(build_leader_registry, settings)
+    tasks = [asyncio.create_task(run_while_leading(leadership, registry, _kopf_settings))]
+    if not election.enabled:
+        leadership.set(True)
+        return tasks
+    namespace = election.lease_namespace or identity.own_namespace()
+    me = identity.own_identity()
+    logger.info("leader election: lease %s/%s, identity %s", namespace, election.lease_name, me)
+    client = LeaseClient(
+        election.lease_name, namespace, _kopf_settings(), timeout=election.timing.retry_period
+    )
+    tasks.append(asyncio.create_task(elect(client, Elector(me, election.timing), leadership, vault)))
+    return tasks

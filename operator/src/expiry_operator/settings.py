@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from expiry import names
+from expiry_operator.leadership import LeaseTiming
 from expiry_operator.quantities import QuantityError, parse_quantity
 
 NativeSidecarMode = Literal["auto", "true", "false"]
@@ -71,6 +72,21 @@ class HangReportSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LeaderElectionSettings:
+    """The Lease that picks the one replica running the pod watches (see leadership.py).
+
+    ``lease_namespace`` empty: the operator's own namespace ($EXPIRY_POD_NAMESPACE from the downward
+    API, else the service account's namespace file, else ``default``). The identity is the pod's name
+    ($EXPIRY_POD_NAME), else ``hostname-pid``.
+    """
+
+    enabled: bool = True
+    lease_name: str = "expiry-operator"
+    lease_namespace: str = ""
+    timing: LeaseTiming = dataclasses.field(default_factory=LeaseTiming)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     sidecar: SidecarSettings = dataclasses.field(default_factory=SidecarSettings)
     webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
@@ -78,6 +94,7 @@ class Settings:
     metrics: PortSettings = dataclasses.field(default_factory=lambda: PortSettings(port=9465))
     unprotected_pods: UnprotectedPodsSettings = dataclasses.field(default_factory=UnprotectedPodsSettings)
     hang_reports: HangReportSettings = dataclasses.field(default_factory=HangReportSettings)
+    leader_election: LeaderElectionSettings = dataclasses.field(default_factory=LeaderElectionSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -103,6 +120,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
     metrics = root.section("metrics")
     unprotected = root.section("unprotectedPods")
     hang = root.section("hangReports")
+    election = root.section("leaderElection")
     root.reject_unknown()
     defaults = Settings()
     result = Settings(
@@ -137,10 +155,28 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             window=hang.seconds("window", defaults.hang_reports.window),
             max_span=hang.seconds("maxSpan", defaults.hang_reports.max_span),
         ),
+        leader_election=_leader_election(election, defaults.leader_election),
     )
-    for section in (sidecar, webhook, health, metrics, unprotected, hang):
+    for section in (sidecar, webhook, health, metrics, unprotected, hang, election):
         section.reject_unknown()
     return result
+
+
+def _leader_election(section: _Section, defaults: LeaderElectionSettings) -> LeaderElectionSettings:
+    timing = LeaseTiming(
+        duration=section.seconds("leaseDuration", defaults.timing.duration),
+        renew_deadline=section.seconds("renewDeadline", defaults.timing.renew_deadline),
+        retry_period=section.seconds("retryPeriod", defaults.timing.retry_period),
+    )
+    problem = timing.problem()
+    if problem is not None:
+        raise ConfigError(f"{section.name}: {problem}")
+    return LeaderElectionSettings(
+        enabled=section.flag("enabled", defaults.enabled),
+        lease_name=section.text("leaseName", defaults.lease_name),
+        lease_namespace=section.text("leaseNamespace", defaults.lease_namespace),
+        timing=timing,
+    )
 
 
 class _Section:
@@ -154,6 +190,10 @@ class _Section:
         self._value: Mapping[Any, Any] = value
         self._path = path
         self._read: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self._path
 
     def _get(self, key: str) -> object:
         self._read.add(key)
