@@ -222,7 +222,7 @@ def test_without_leader_only_handlers_there_is_no_lease_and_with_election_off_no
             api,
             tls,
             tmp_path / "quiet",
-            config={"unprotectedPods": {"watch": False}},
+            config={"unprotectedPods": {"watch": False}, "hangReports": {"enabled": False}},
             env={"EXPIRY_POD_NAME": "q"},
         )
         alone = OperatorProcess(

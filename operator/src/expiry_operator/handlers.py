@@ -1,8 +1,9 @@
 """The kopf handlers, in two registries.
 
 * ``build_webhook_registry``: the mutating webhook ``expiry-inject``, served by every replica.
-* ``build_leader_registry``: the watches (the unprotected-pod report and the hang report, see ``watchers``), run by the replica that
-  holds the Lease only (see ``leader_watch``). A new leader-only handler goes there.
+* ``build_leader_registry``: the watches (the unprotected-pod report and the hang report, see
+  ``watchers``), run by the replica that holds the Lease only (see ``leader_watch``). A new
+  leader-only handler goes there.
 """
 
 from __future__ import annotations
