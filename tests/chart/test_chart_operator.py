@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from expiry import names
-from expiry_sidecar.events import PodRef, kill_event
+from expiry_sidecar.apiwriter import PodRef
+from expiry_sidecar.events import burst_event
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillReport
@@ -279,5 +280,5 @@ def sidecar_event_api_group() -> str:
     """The API group of the Events the sidecar really posts (the role must grant exactly that)."""
     pod = PodRef(name="trainer-0", namespace="ml")
     report = KillReport(Worker(7, 1, None), "scope", 9, Outcome.DELIVERED, 0.001)
-    api_version: str = kill_event(pod, report, datetime.now(UTC))["apiVersion"]
+    api_version: str = burst_event(pod, [(report, (None, None))], datetime.now(UTC))["apiVersion"]
     return api_version.rpartition("/")[0]
