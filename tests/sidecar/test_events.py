@@ -373,7 +373,9 @@ def test_the_condition_is_on_the_pod_before_the_worker_dies(
     worker = kill_one(pod, server)
     (pod_object,) = api.objects("v1/pods", NAMESPACE)  # as it was when the worker died, or later
     proxy.close()
-    (condition,) = pod_object.get("status", {}).get("conditions", [])
+    conditions = pod_object.get("status", {}).get("conditions", [])
+    assert len(conditions) == 1, "the worker died before the pod was marked"
+    (condition,) = conditions
     assert {k: condition[k] for k in ("type", "status", "reason")} == {
         "type": "expiry.io/WorkerHung",
         "status": "True",
