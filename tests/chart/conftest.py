@@ -241,6 +241,7 @@ VALUE_SETS: tuple[tuple[str, Obj, tuple[str, ...]], ...] = (
                 "clusterRole": {"aggregateToAdmin": True},
                 "bindings": [{"namespace": "ml", "serviceAccount": "trainer"}],
             },
+            "podCondition": {"enabled": True, "bindings": [{"namespace": "ml", "serviceAccount": "trainer"}]},
             "webhook": {
                 "excludeNamespaces": ["monitoring"],
                 "namespaceSelectorExpressions": [{"key": "team", "operator": "In", "values": ["ml"]}],
