@@ -32,7 +32,7 @@ from expiry_sidecar.processes import Worker as Attached
 from expiry_sidecar.server import KillReport
 from tests.support.kubeapi import KubeApi, write_kubeconfig
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker
+from tests.support.sidecar import Sidecar, Worker, hang_together
 
 StartSidecar = Callable[..., Sidecar]
 NAMESPACE = "training"
@@ -246,10 +246,8 @@ def test_kills_in_one_burst_share_one_event_and_repeats_make_a_series(
     pod: Pod, sidecar: StartSidecar, credentials: KubeApi
 ) -> None:
     server = sidecar("--events")
-    deadline = time.time() + 1.0
-    together = [Worker(pod, server.fifo, "hang", "--at", str(deadline)) for _ in range(3)]
-    for worker in together:
-        worker.expect("armed")
+    together = [Worker(pod, server.fifo, "hang", "--at-from-stdin") for _ in range(3)]
+    hang_together(together)
     for worker in together:
         assert worker.wait() == -signal.SIGKILL
     event = the_event(credentials, server)

@@ -13,7 +13,7 @@ import pytest
 
 from expiry.names import DUMP_DIR_ENV
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker, wait_for
+from tests.support.sidecar import Sidecar, Worker, hang_together, wait_for
 
 StartSidecar = Callable[..., Sidecar]
 WORKERS = 8
@@ -25,19 +25,16 @@ def kill_logs(server: Sidecar) -> dict[int, dict[str, Any]]:
     return {e["pid"]: e for e in server.logs() if e["message"] == "killed a stuck worker"}
 
 
-def hang_at(pod: Pod, server: Sidecar, deadline: float, dump_dir: str) -> Worker:
-    worker = Worker(pod, server.fifo, "hang", "--at", str(deadline), env={DUMP_DIR_ENV: dump_dir})
-    worker.expect("armed")
-    return worker
+def ready_to_hang(pod: Pod, server: Sidecar, dump_dir: str) -> Worker:
+    return Worker(pod, server.fifo, "hang", "--at-from-stdin", env={DUMP_DIR_ENV: dump_dir})
 
 
 def test_workers_expiring_together_are_dumped_and_killed_in_parallel(pod: Pod, sidecar: StartSidecar) -> None:
     """Each announced a dump signal but writes its dump elsewhere, so each kill waits the whole dump
     bound (1 s): in parallel all are signalled about 1 s late, one after another it would be 8 s."""
     server = sidecar("--stack-dumps", str(pod.workdir / "dumps"))
-    deadline = time.time() + 3.0  # time for 8 workers to start on a loaded machine
-    workers = [hang_at(pod, server, deadline, str(pod.workdir / "elsewhere")) for _ in range(WORKERS)]
-    assert time.time() < deadline, "the workers took too long to start: the test measures nothing"
+    workers = [ready_to_hang(pod, server, str(pod.workdir / "elsewhere")) for _ in range(WORKERS)]
+    hang_together(workers)
     for worker in workers:
         assert worker.wait() == -signal.SIGKILL
     metrics = server.wait_metric("expiry_stack_dumps_total", WORKERS, result="failed")
@@ -50,8 +47,8 @@ def test_workers_expiring_together_are_dumped_and_killed_in_parallel(pod: Pod, s
 def test_workers_expiring_together_all_dump_their_stacks(pod: Pod, sidecar: StartSidecar) -> None:
     dumps = pod.workdir / "dumps"
     server = sidecar("--stack-dumps", str(dumps))
-    deadline = time.time() + 3.0
-    workers = [hang_at(pod, server, deadline, str(dumps)) for _ in range(WORKERS)]
+    workers = [ready_to_hang(pod, server, str(dumps)) for _ in range(WORKERS)]
+    hang_together(workers)
     for worker in workers:
         assert worker.wait() == -signal.SIGKILL
     metrics = server.wait_metric("expiry_stack_dumps_total", WORKERS, result="ok")
@@ -66,9 +63,16 @@ def test_a_deadline_due_during_a_dump_is_not_delayed_by_it(pod: Pod, sidecar: St
     passes 0.3 s into that wait and its kill (with its own quick dump) is on time."""
     dumps = pod.workdir / "dumps"
     server = sidecar("--stack-dumps", str(dumps))
-    first_deadline = time.time() + 1.5
-    slow = hang_at(pod, server, first_deadline, str(pod.workdir / "elsewhere"))
-    quick = hang_at(pod, server, first_deadline + 0.3, str(dumps))
+    slow = ready_to_hang(pod, server, str(pod.workdir / "elsewhere"))
+    quick = ready_to_hang(pod, server, str(dumps))
+    for worker in (slow, quick):
+        worker.expect("ready")
+    first_deadline = time.time() + 1.0
+    slow.tell(repr(first_deadline))
+    quick.tell(repr(first_deadline + 0.3))
+    for worker in (slow, quick):
+        worker.expect("armed")
+    assert time.time() < first_deadline, "arming took longer than the deadline allowed"
     assert quick.wait() == -signal.SIGKILL
     assert slow.wait() == -signal.SIGKILL
     server.wait_metric("expiry_kills_total", 2, signal="SIGKILL")
