@@ -32,7 +32,7 @@ from expiry_sidecar.processes import Worker as Attached
 from expiry_sidecar.server import KillReport
 from tests.support.kubeapi import KubeApi, write_kubeconfig
 from tests.support.pod import Pod
-from tests.support.sidecar import Sidecar, Worker, hang_together
+from tests.support.sidecar import Sidecar, Worker, hang_together, wait_for
 
 StartSidecar = Callable[..., Sidecar]
 NAMESPACE = "training"
@@ -74,6 +74,13 @@ def late_seconds(server: Sidecar, worker: Worker) -> float:
     (kill,) = [e for e in log_lines(server, "killed a stuck worker") if e["pid"] == worker.pid]
     late: float = kill["late_seconds"]
     return late
+
+
+def writer_ready(server: Sidecar) -> Sidecar:
+    """Wait until the sidecar's API writer has loaded its client (in the background, at start): a kill
+    before that would rightly go ahead after its 1 s wait, without the condition."""
+    wait_for(lambda: log_lines(server, "writing to the Kubernetes API"), what="the API writer")
+    return server
 
 
 def add_pod(api: KubeApi) -> None:
@@ -367,7 +374,7 @@ def test_the_condition_is_on_the_pod_before_the_worker_dies(
     add_pod(api)
     proxy = SlowProxy(api.url, 0.3)
     in_pod.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", proxy.url)))
-    server = sidecar("--pod-condition")
+    server = writer_ready(sidecar("--pod-condition"))
     worker = kill_one(pod, server)
     (pod_object,) = api.objects("v1/pods", NAMESPACE)  # as it was when the worker died, or later
     proxy.close()
@@ -394,7 +401,7 @@ def test_a_silent_api_server_delays_a_kill_by_one_second_at_most(
 ) -> None:
     """Not by the request timeout (5 s): the kill waits 1 s for the condition, then goes ahead; the
     Event queued behind it never holds up the next kill either."""
-    server = sidecar("--pod-condition", "--events")
+    server = writer_ready(sidecar("--pod-condition", "--events"))
     first = kill_one(pod, server)
     second = kill_one(pod, server)
     metrics = server.wait_metric("expiry_pod_conditions_total", 2, result="timeout")
@@ -411,7 +418,7 @@ def test_a_forbidden_condition_is_counted_said_once_and_the_kill_goes_on(
     forbidden = {"kind": "Status", "apiVersion": "v1", "reason": "Forbidden", "code": 403}
     add_pod(credentials)
     credentials.call(lambda emulator: emulator["patch", kmock.resource("v1/pods")] << 403 << forbidden)
-    server = sidecar("--pod-condition")
+    server = writer_ready(sidecar("--pod-condition"))
     first = kill_one(pod, server)
     kill_one(pod, server)
     metrics = server.wait_metric("expiry_pod_conditions_total", 2, result="failed")

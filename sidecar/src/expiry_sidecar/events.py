@@ -246,7 +246,8 @@ class EventRecorder(Listener):
     def _write(self, client: Client, burst: list[tuple[KillReport, Ranks]]) -> int:
         """On the writer thread: the burst's Events (one per reason; usually one). How many."""
         with self._lock:
-            self._burst = None
+            if self._burst is burst:  # later kills start a burst of their own (a retry finds it closed)
+                self._burst = None
         pod = self._settle_uid(client)
         by_reason: dict[str, list[tuple[KillReport, Ranks]]] = {}
         for item in burst:
