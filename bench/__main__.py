@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import client_cost, idle, kill_latency, memory, scaling, throughput, webhook
+from bench import client_cost, idle, kill_burst, kill_latency, memory, scaling, throughput, webhook
 from bench.context import Context, Row
 from bench.peers import torch_missing
 from bench.table import render
 
 FIGURES: dict[str, Callable[[Context], list[Row]]] = {
     "kill-latency": kill_latency.run,
+    "kill-burst": kill_burst.run,
     "client-cost": client_cost.run,
     "throughput": throughput.run,
     "idle": idle.run,

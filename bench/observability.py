@@ -40,7 +40,7 @@ def measure(workdir: Path, label: str, *args: str) -> tuple[str, int, int, int, 
         sidecar = Sidecar(pod, *args)
         pid = host_pid(sidecar)
         if "--events" in args:  # the client is loaded in the background at start
-            wait_for(lambda: "recording Kubernetes Events" in sidecar.logs_text(), what="the client")
+            wait_for(lambda: "writing to the Kubernetes API" in sidecar.logs_text(), what="the client")
         before = series(sidecar), procfs.rss_bytes(pid)
         worker = Worker(pod, sidecar.fifo, "hang", "--after", "0.2")
         worker.expect("armed")

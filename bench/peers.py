@@ -105,7 +105,8 @@ class Peer(ABC):
 class ExpiryPeer(Peer):
     name = "expiry"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *args: str) -> None:
+        """``args``: more options for ``expiry-sidecar serve``."""
         super().__init__(workdir)
         self.port = free_port()
         with self.log_path.open("ab") as log:
@@ -118,6 +119,7 @@ class ExpiryPeer(Peer):
                     "warning",
                     "--state-file",  # as the operator runs it: every change journaled
                     str(workdir / "expiry-state.json"),
+                    *args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

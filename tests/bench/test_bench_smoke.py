@@ -12,6 +12,8 @@ ROOT = Path(__file__).parent.parent.parent
 ROWS = [
     "kill latency, median",
     "kill latency, p99",
+    "kill latency with a stack dump, 1 worker",
+    "kill latency with stack dumps, 8 workers at once (last)",
     "client cost per block, default scope",
     "client cost per block, explicit scope",
     "throughput, 1 writer",
@@ -52,5 +54,5 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
     for line in table[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[2], f"no expiry figure in {line!r}"
-        if not cells[0].startswith(("webhook", "operator")):
+        if not cells[0].startswith(("webhook", "operator", "kill latency with")):
             assert cells[3] and not cells[3].startswith("n/a"), f"no torch figure in {line!r}"

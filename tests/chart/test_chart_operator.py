@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from expiry import names
-from expiry_sidecar.events import PodRef, kill_event
+from expiry_sidecar.apiwriter import PodRef
+from expiry_sidecar.events import burst_event
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillReport
@@ -31,6 +32,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
         "escalateAfter": 10,
         "stackDumps": "off",
         "events": True,
+        "podCondition": False,
     },
     "webhook": {"port": 8443, "certFile": "/etc/expiry/tls/tls.crt", "keyFile": "/etc/expiry/tls/tls.key"},
     "health": {"port": 8080},
@@ -76,6 +78,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
             "events": False,
         },
         "operator": {"watchUnprotectedPods": False},
+        "podCondition": {"enabled": True},
     }
     config = operator_config(helm.render(values))
     assert config["sidecar"] == {
@@ -88,6 +91,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "escalateAfter": 30,
         "stackDumps": "py-spy",
         "events": False,
+        "podCondition": True,
     }
     assert config["unprotectedPods"] == {"watch": False}
 
@@ -265,7 +269,8 @@ def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
     }
     rendered = helm.render(values)
     role = rendered.one("ClusterRole", "expiry-sidecar-events")
-    assert rules(role) == {(sidecar_event_api_group(), "events", "create")}
+    group = sidecar_event_api_group()
+    assert rules(role) == {(group, "events", "create"), (group, "events", "patch")}
     assert role["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     sidecar_bindings = [b for b in rendered.all("RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
     bindings = {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in sidecar_bindings}
@@ -277,6 +282,40 @@ def test_sidecar_events_role_and_bindings(helm: Helm) -> None:
             "name": "expiry-sidecar-events",
         }
         assert binding["subjects"][0]["namespace"] == binding["metadata"]["namespace"]
+
+
+POD_CONDITION_ROLE = "expiry-sidecar-pod-condition"
+
+
+def test_pod_condition_rbac_and_flag_only_when_enabled(helm: Helm, defaults: Rendered) -> None:
+    bindings = [
+        {"namespace": "ml", "serviceAccount": "trainer"},
+        {"namespace": "cv", "serviceAccount": "default"},
+    ]
+    for off in (defaults, helm.render({"podCondition": {"bindings": bindings}})):
+        assert not [r for r in off.all("ClusterRole") if r["metadata"]["name"] == POD_CONDITION_ROLE]
+        assert not [b for b in off.all("RoleBinding") if b["roleRef"]["name"] == POD_CONDITION_ROLE]
+        assert operator_config(off)["sidecar"]["podCondition"] is False
+
+    on = helm.render({"podCondition": {"enabled": True, "bindings": bindings}})
+    assert rules(on.one("ClusterRole", POD_CONDITION_ROLE)) == {("", "pods/status", "patch")}
+    granted = [b for b in on.all("RoleBinding") if b["roleRef"]["name"] == POD_CONDITION_ROLE]
+    assert {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in granted} == {
+        ("ml", "trainer"),
+        ("cv", "default"),
+    }
+    for binding in granted:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": POD_CONDITION_ROLE,
+        }
+        assert binding["subjects"][0] == {
+            "kind": "ServiceAccount",
+            "name": binding["subjects"][0]["name"],
+            "namespace": binding["metadata"]["namespace"],
+        }
+    assert operator_config(on)["sidecar"]["podCondition"] is True
 
 
 def test_sidecar_events_role_is_not_aggregated_by_default(defaults: Rendered) -> None:
@@ -325,5 +364,5 @@ def sidecar_event_api_group() -> str:
     """The API group of the Events the sidecar really posts (the role must grant exactly that)."""
     pod = PodRef(name="trainer-0", namespace="ml")
     report = KillReport(Worker(7, 1, None), "scope", 9, Outcome.DELIVERED, 0.001)
-    api_version: str = kill_event(pod, report, datetime.now(UTC))["apiVersion"]
+    api_version: str = burst_event(pod, [(report, (None, None))], datetime.now(UTC))["apiVersion"]
     return api_version.rpartition("/")[0]

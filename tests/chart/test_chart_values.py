@@ -37,6 +37,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"sidecar": {"resources": {"requestz": {}}}}, "requestz"),
     ({"sidecar": {"image": {"repository": ""}}}, "/sidecar/image/repository"),
     ({"sidecarEvents": {"bindings": [{"namespace": "ml"}]}}, "serviceAccount"),
+    ({"podCondition": {"enabled": "yes"}}, "/podCondition/enabled"),
+    (
+        {"podCondition": {"bindings": [{"namespace": "ML", "serviceAccount": "x"}]}},
+        "/podCondition/bindings/0/namespace",
+    ),
     ({"monitoring": {"podMonitor": {"interval": "often"}}}, "/monitoring/podMonitor/interval"),
     ({"commonLabels": {"bad key!": "x"}}, "bad key!"),
     ({"namespaceOverride": "Not_A_Namespace"}, "/namespaceOverride"),

@@ -160,6 +160,13 @@ def test_options_reach_the_sidecar() -> None:
     assert sidecar["resources"]["limits"]["memory"] == "256Mi"  # raised to the request
 
 
+def test_the_pod_condition_setting_reaches_every_sidecar() -> None:
+    off = sidecar_of(inject(INJECTED_CASES["options"]))["args"]
+    on = sidecar_of(inject(INJECTED_CASES["options"], settings=SidecarSettings(pod_condition=True)))["args"]
+    assert "--pod-condition" not in off
+    assert on.count("--pod-condition") == 1
+
+
 def test_stack_dumps_client_gives_trainers_the_dump_dir() -> None:
     pod = inject(INJECTED_CASES["stack-dumps-client"])
     assert {"name": "EXPIRY_DUMP_DIR", "value": names.DUMP_DIR} in pod["spec"]["containers"][0]["env"]

@@ -27,13 +27,14 @@ def test_the_contract_defaults() -> None:
         "off",
         True,
     )
+    assert settings.sidecar.pod_condition is False
 
 
 def test_values_are_read(tmp_path: Path) -> None:
     path = tmp_path / "operator.yaml"
     path.write_text(
         "sidecar:\n  image: reg/sidecar:1\n  nativeSidecar: false\n  escalateAfter: 3\n"
-        "  resources: {requests: {cpu: 20m}}\nwebhook: {certFile: /c, keyFile: /k}\n"
+        "  resources: {requests: {cpu: 20m}}\n  podCondition: true\nwebhook: {certFile: /c, keyFile: /k}\n"
         "unprotectedPods: {watch: false}\n"
     )
     settings = load_settings(path)
@@ -41,6 +42,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.sidecar.native_sidecar == "false"  # YAML's unquoted false is accepted
     assert settings.sidecar.escalate_after == 3
     assert settings.sidecar.resources == {"requests": {"cpu": "20m"}}
+    assert settings.sidecar.pod_condition is True
     assert (settings.webhook.cert_file, settings.webhook.key_file) == ("/c", "/k")
     assert settings.unprotected_pods.watch is False
 
@@ -51,6 +53,7 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("sidecar: {imagePullPolcy: Always}", "sidecar: unknown key(s) imagePullPolcy"),
         ("webhook: {port: 70000}", "webhook.port"),
         ("sidecar: {stackDumps: always}", "sidecar.stackDumps"),
+        ("sidecar: {podCondition: maybe}", "sidecar.podCondition"),
         ("sidecar: {escalateAfter: -1}", "sidecar.escalateAfter"),
         ("sidecar: {resources: {requests: {memory: lots}}}", "sidecar.resources.requests.memory"),
         ("sidecar: [1]", "sidecar must be a mapping"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +15,16 @@ from expiry.wire import Request, encode
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.metrics import ServerCollector
+from expiry_sidecar.mode import Mode
 from expiry_sidecar.processes import NotAttached, Worker
-from expiry_sidecar.server import SCOPE_LABELS_MAX, UNKILLABLE_AFTER, Clock, TimerServer
+from expiry_sidecar.server import (
+    SCOPE_LABELS_MAX,
+    UNKILLABLE_AFTER,
+    Clock,
+    KillReport,
+    Listener,
+    TimerServer,
+)
 from expiry_sidecar.timers import TimerBook
 
 
@@ -311,3 +320,88 @@ def test_a_scrape_waits_for_the_loop_s_turn_to_end(world: World) -> None:
     assert scraped.wait(5)
     thread.join()
     assert "expiry_timers_active" in families
+
+
+# -- kills carried out later (off the loop, as in the daemon) ----------------------------------------------
+
+
+class Deferred:
+    """A dispatch that keeps the kill jobs until the test runs them, as a slow dump would."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Callable[[], KillReport]] = []
+
+    def __call__(self, job: Callable[[], KillReport]) -> None:
+        self.jobs.append(job)
+
+    def finish(self, server: TimerServer) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            server.killed(job())
+
+
+def test_a_worker_is_not_ordered_killed_again_while_its_kill_is_under_way(world: World) -> None:
+    kills = Deferred()
+    server = world.server(dispatch=kills)
+    server.receive(line(10, "a", world.wall(1)) + line(11, "b", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    assert len(kills.jobs) == 2 and world.signals == [], "the loop waited for a kill"
+    server.receive(line(10, "again", world.wall(0.5)))  # armed while the kill is being prepared
+    world.now += 1
+    server.expire_due()
+    assert len(kills.jobs) == 2, "ordered twice"
+    assert server.stats.expirations == 3
+    kills.finish(server)
+    assert sorted(world.signals) == [(10, 9), (11, 9)]
+    assert len(server.book) == 0, "what it armed meanwhile outlived its kill"
+    assert server.stats.kills == {"SIGKILL": 2}
+
+
+def test_a_worker_that_exits_during_its_kill_keeps_its_handle_until_the_report(world: World) -> None:
+    kills = Deferred()
+    closed: list[int] = []
+    server = world.server(dispatch=kills)
+    server.receive(line(10, "a", world.wall(1)))
+    worker = server.workers[10]
+    worker.close = lambda: closed.append(worker.pid)  # type: ignore[method-assign]
+    world.now += 1
+    server.expire_due()
+    server.worker_exited(10)
+    assert closed == [], "the pidfd was closed while the kill still needed it"
+    world.outcome = Outcome.GONE
+    kills.finish(server)
+    assert closed == [10]
+    assert server.stats.kill_failures == {"gone": 1}
+    assert server.seconds_to_next_deadline() is None, "a follow-up for a worker that is gone"
+
+
+def test_observe_mode_reports_without_a_signal_and_without_follow_ups(world: World) -> None:
+    server = world.server(mode=Mode.OBSERVE, kill_signal=signal.SIGTERM)
+    reports: list[KillReport] = []
+    listener = Listener()
+    listener.after_kill = reports.append  # type: ignore[method-assign]
+    server.listeners.append(listener)
+    server.receive(line(10, "a", world.wall(1)) + line(10, "b", world.wall(1)) + line(10, "c", world.wall(9)))
+    world.now += 1
+    server.expire_due()
+    world.now += 100
+    server.expire_due()
+    assert world.signals == []
+    assert [(r.outcome, r.signal) for r in reports] == [(Outcome.OBSERVED, signal.SIGTERM)]
+    assert (server.stats.observed, server.stats.expirations, sum(server.stats.kills.values())) == (1, 2, 0)
+    assert len(server.book) == 0, "one hang is one observation, as it is one kill"
+
+
+def test_a_signal_that_lands_as_the_worker_exits_schedules_nothing_after(world: World) -> None:
+    kills = Deferred()
+    server = world.server(dispatch=kills)
+    server.receive(line(10, "a", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    server.worker_exited(10)  # its exit was read before the report of the signal that caused it
+    kills.finish(server)
+    world.now += UNKILLABLE_AFTER
+    server.expire_due()
+    assert server.stats.kills == {"SIGKILL": 1}
+    assert server.stats.unkillable == 0, "a worker that exited was reported as unkillable"

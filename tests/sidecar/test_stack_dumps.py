@@ -12,8 +12,8 @@ import pytest
 
 from expiry.names import DUMP_DIR_ENV
 from expiry_sidecar.processes import Worker as Attached
+from expiry_sidecar.server import KillOrder
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
-from expiry_sidecar.timers import Timer
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker
 
@@ -109,6 +109,8 @@ def test_py_spy_dumps_a_worker_that_announced_nothing(
 def test_without_a_dump_signal_or_py_spy_the_dump_fails_and_says_why(tmp_path: Path) -> None:
     dumper = StackDumper(tmp_path, py_spy=None)
     worker = Attached(pid=4242, starttime=1, pidfd=None)
-    dumper.before_kill(worker, Timer(4242, "train.py#3", 0.0, signal.SIGKILL))
+    order = KillOrder(worker, "train.py#3", signal.SIGKILL, 0.0, 0.0, 0.0)
+    dumper.before_kill(order)
     assert dumper.results == {"failed": 1}
+    assert order.frames == []
     assert list(tmp_path.iterdir()) == []

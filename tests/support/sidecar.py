@@ -162,6 +162,21 @@ class Sidecar:
         return status
 
 
+def hang_together(workers: list[Worker], after: float = 1.0) -> float:
+    """Arm one block in each of ``workers`` (started with ``hang --at-from-stdin``) with one deadline,
+    ``after`` seconds from now; returns that deadline (epoch seconds)."""
+    for worker in workers:
+        worker.expect("ready")
+    deadline = time.time() + after
+    for worker in workers:
+        worker.tell(repr(deadline))
+    for worker in workers:
+        worker.expect("armed")
+    if time.time() >= deadline:
+        raise AssertionError("arming the workers took longer than the deadline allowed")
+    return deadline
+
+
 class Worker:
     """A test worker (``tests/support/worker.py``) in the pod, talking to ``fifo``."""
 

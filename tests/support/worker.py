@@ -2,7 +2,8 @@
 
 It prints ``pid N`` (its pid in the pod) first, then one line per step, flushing each, so a test
 can follow it. Actions:
-  hang      arm a block of --after seconds, print "armed", then hang inside it
+  hang      arm a block of --after seconds, print "armed", then hang inside it; with --at-from-stdin,
+            print "ready" first and read the block's deadline (epoch seconds) from stdin
   blocks    run --count blocks of --after seconds, each doing nothing; print "done N"
   nested    an outer block of --after seconds around an inner quick block; then hang in the outer
   recurse   a decorated recursive function, --depth deep, the innermost hangs
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("action")
     parser.add_argument("--after", type=float, default=1.0)
+    parser.add_argument("--at-from-stdin", action="store_true")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--ignore-term", action="store_true")
@@ -52,6 +54,9 @@ def main() -> None:
     say("pid", os.getpid())
 
     if args.action == "hang":
+        if args.at_from_stdin:
+            say("ready")
+            args.after = float(sys.stdin.readline()) - time.time()
         with expires(after=args.after):
             say("armed")
             hang()

@@ -42,6 +42,8 @@ class SidecarSettings:
     escalate_after: float = 10
     stack_dumps: StackDumpMode = "off"
     events: bool = True
+    pod_condition: bool = False
+    """Pass --pod-condition: the pods' service accounts must be allowed to patch pods/status."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             escalate_after=sidecar.seconds("escalateAfter", defaults.sidecar.escalate_after),
             stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
             events=sidecar.flag("events", defaults.sidecar.events),
+            pod_condition=sidecar.flag("podCondition", defaults.sidecar.pod_condition),
         ),
         webhook=WebhookSettings(
             port=webhook.port("port", defaults.webhook.port),

@@ -82,6 +82,8 @@ def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
         args.append("--exit-when-alone")
     if options.events:
         args.append("--events")
+    if settings.pod_condition:
+        args.append("--pod-condition")
     if options.stack_dumps != "off":
         args += ["--stack-dumps", names.DUMP_DIR]
     return args

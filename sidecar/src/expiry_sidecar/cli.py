@@ -16,6 +16,7 @@ from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import __version__, alone, logs
 from expiry_sidecar.daemon import Options, Sidecar
 from expiry_sidecar.local import run_command
+from expiry_sidecar.mode import Mode
 
 
 def signal_number(text: str) -> int:
@@ -75,6 +76,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="before a kill, capture the worker's Python stack into DIR and the log",
     )
+    common.add_argument(
+        "--mode",
+        type=Mode,
+        choices=list(Mode),
+        default=Mode.ENFORCE,
+        help="observe: everything an expiry does (stack dump, log, Event, metrics) but the signal"
+        " (default enforce)",
+    )
     common.add_argument("--log-format", choices=["json", "text"], default="json")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
@@ -106,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
         help="record a Kubernetes Event on this pod per kill (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE"
         " and credentials allowed to create events)",
     )
+    serve.add_argument(
+        "--pod-condition",
+        action="store_true",
+        help="before a kill, set the condition expiry.io/WorkerHung on this pod (waits at most 1 s; needs"
+        " EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE and credentials allowed to patch pods/status)",
+    )
 
     run = commands.add_parser(
         "run",
@@ -133,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         escalate_after=args.escalate_after,
         scope_metrics=args.scope_metrics,
         stack_dumps=args.stack_dumps,
+        mode=args.mode,
     )
     if args.command == "serve":
         options.fifo = args.fifo
@@ -140,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.exit_when_alone = args.exit_when_alone
         options.alone_grace = args.alone_grace
         options.events = args.events
+        options.pod_condition = args.pod_condition
         return Sidecar(options).serve_until_signalled()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

@@ -10,12 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
-from expiry_sidecar import alone
-from expiry_sidecar.events import EventRecorder, PodRef
+from expiry_sidecar import alone, kills
+from expiry_sidecar.apiwriter import ApiWriter, PodRef
+from expiry_sidecar.condition import PodCondition
+from expiry_sidecar.events import EventRecorder
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.http import HttpEndpoint, Probes
+from expiry_sidecar.killer import KillPool
 from expiry_sidecar.loop import ServeLoop
-from expiry_sidecar.metrics import event_counter, make_registry, stack_dump_counter
+from expiry_sidecar.metrics import condition_counter, event_counter, make_registry, stack_dump_counter
+from expiry_sidecar.mode import Mode
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
 from expiry_sidecar.state import JournaledBook, StateFile
@@ -42,6 +46,9 @@ class Options:
     """Record a Kubernetes Event on the pod per kill."""
     stack_dumps: Path | None = None
     """Capture a stuck worker's stack into this directory before killing it."""
+    mode: Mode = Mode.ENFORCE
+    pod_condition: bool = False
+    """Mark the pod with the hang condition before each kill."""
 
 
 class KillLog(Listener):
@@ -54,11 +61,15 @@ class KillLog(Listener):
             "outcome": report.outcome.value,
             "late_seconds": round(report.lateness, 6),
             "escalation": report.escalation,
+            "rule": report.rule,
             "cmdline": worker.cmdline,
         }
-        log.warning(
-            "killed a stuck worker" if report.outcome == "delivered" else "could not kill", extra=fields
-        )
+        if report.outcome is kills.Outcome.OBSERVED:
+            log.warning("observed a stuck worker (observe mode: not killed)", extra=fields)
+        elif report.outcome is kills.Outcome.DELIVERED:
+            log.warning("killed a stuck worker", extra=fields)
+        else:
+            log.warning("could not kill", extra=fields)
 
 
 class Sidecar:
@@ -66,8 +77,12 @@ class Sidecar:
         self.options = options
         self.loop = ServeLoop(FifoReader(options.fifo))
         self.dumper = StackDumper(options.stack_dumps, py_spy=find_py_spy()) if options.stack_dumps else None
-        self.events = EventRecorder(PodRef.from_environment()) if options.events else None
-        optional: list[Listener] = [x for x in (self.dumper, self.events) if x is not None]
+        uses_api = options.events or options.pod_condition
+        self.writer = ApiWriter(PodRef.from_environment()) if uses_api else None
+        self.events = EventRecorder(self.writer) if self.writer and options.events else None
+        self.condition = PodCondition(self.writer) if self.writer and options.pod_condition else None
+        optional: list[Listener] = [x for x in (self.dumper, self.events, self.condition) if x is not None]
+        self.kills = KillPool()
         self.server = TimerServer(
             kill_signal=options.kill_signal,
             escalate_after=options.escalate_after,
@@ -75,7 +90,11 @@ class Sidecar:
             listeners=[KillLog(), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
+            mode=options.mode,
+            pod_condition=options.pod_condition,
+            dispatch=self.kills.dispatch,
         )
+        self.loop.watch_fd(self.kills.fd, lambda: self.kills.collect(self.server.killed), once=False)
         if options.state_file is not None:
             self._take_over(options.state_file)
         self.registry = make_registry(self.server)
@@ -83,6 +102,8 @@ class Sidecar:
             self.registry.register(stack_dump_counter(self.dumper.results))
         if self.events:
             self.registry.register(event_counter(self.events.results))
+        if self.condition:
+            self.registry.register(condition_counter(self.condition.results))
         self.probes = Probes()
         self.http = (
             HttpEndpoint(options.metrics_host, options.metrics_port, self.registry, self.probes)
@@ -136,6 +157,7 @@ class Sidecar:
                 "fifo": str(self.options.fifo),
                 "metrics_port": self.http.port if self.http else None,
                 "pid": os.getpid(),
+                "mode": self.options.mode.value,
             },
         )
         try:
@@ -154,8 +176,10 @@ class Sidecar:
         return status
 
     def close(self) -> None:
-        if self.events:
-            self.events.close()
+        with self.server.lock:  # the kills under way finish (each is bounded) and are counted
+            self.kills.close(self.server.killed)
+        if self.writer:
+            self.writer.close()
         if self.http:
             self.http.stop()
         self.server.close()

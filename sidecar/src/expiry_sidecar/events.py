@@ -1,111 +1,153 @@
-"""Kubernetes Events for kills, so ``kubectl describe pod`` says which worker was killed and why.
+"""Kubernetes Events for kills, so ``kubectl describe pod`` says which workers were killed and why,
+and the operator's hang report can tell which rank started it.
 
-Each kill (delivered or refused) becomes an Event on the sidecar's own pod, named by the
+The kills of one pod within ``BURST_WINDOW`` seconds of the first (a collective hang kills all of a
+pod's workers at once) become ONE events.k8s.io/v1 Event on the sidecar's own pod, named by the
 downward-API variables ``EXPIRY_POD_NAME`` and ``EXPIRY_POD_NAMESPACE`` (``EXPIRY_POD_UID`` too when
-set; otherwise the pod's uid is read from the API once, if the service account may). Credentials are
-the pod's service account (in-cluster config), or ``$KUBECONFIG`` when that is set.
+set; otherwise the pod's uid is read from the API once, if the service account may). Its reason is
+``WorkerKilled``, ``WorkerKillFailed`` or, in observe mode, ``WorkerHangObserved``; its note is
+for people (at most 1 KB); its annotation ``expiry.io/kills`` is for programs (the operator): a
+compact JSON list, one object per worker, see :func:`kill_entry` and docs/sidecar.md. A later burst
+with the same reason within ``SERIES_WINDOW`` seconds updates that Event as an events.k8s.io series
+(PATCH: ``series.count``, ``series.lastObservedTime``, the new note and annotation) instead of
+creating another object, as the Events API intends for repeated Events.
 
-An Event never holds up a kill: ``after_kill`` only builds the body and queues it (a bounded queue;
-when it is full the Event is dropped); one background thread posts the queue with request timeouts.
-Events are best effort: without credentials, when RBAC forbids them or while the API server is
-down, the sidecar says so once in its log (once per outage, not once per kill), counts
-``expiry_events_total{result="failed"}`` and carries on.
+An Event never holds up a kill: ``after_kill`` only collects the report, and the writer thread
+(:mod:`.apiwriter`, shared with the pod condition) posts it. Events are best effort: counted in
+``expiry_events_total{result="recorded|failed"}``, failures said once per outage.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
-from expiry.names import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
 from expiry_sidecar import kills
-from expiry_sidecar.server import KillReport, Listener, signal_name
-
-log = logging.getLogger("expiry.sidecar")
+from expiry_sidecar.apiwriter import ApiError, ApiWriter, Body, Client, PodRef
+from expiry_sidecar.processes import Worker
+from expiry_sidecar.server import KillOrder, KillReport, Listener, signal_name
 
 KILLED = "WorkerKilled"
 KILL_FAILED = "WorkerKillFailed"
+OBSERVED = "WorkerHangObserved"
 REPORTING_CONTROLLER = "expiry.io/sidecar"
-ACTION = "Kill"
-QUEUE_SIZE = 100
-REQUEST_TIMEOUT = (3.0, 5.0)
-"""(connect, read) seconds for each API request."""
-FLUSH_TIMEOUT = 3.0
-"""How long stopping the sidecar waits for queued Events to be posted."""
+KILLS_ANNOTATION = "expiry.io/kills"
+TRUNCATED_ANNOTATION = "expiry.io/kills-truncated"
+WHAT = "record a Kubernetes Event"
+PERMISSION = "create and patch events (API group events.k8s.io)"
+BURST_WINDOW = 1.0
+"""Seconds after a pod's first kill during which further kills join its Event."""
+SERIES_WINDOW = 600.0
+"""Seconds after an Event during which a burst with the same reason extends its series."""
 MAX_FIELD = 200
-"""Command lines and scope ids are cut to this many characters in a note."""
+"""Command lines, scope ids and frames are cut to this many characters."""
 MAX_NOTE = 1024
 MAX_INSTANCE = 128
 """The API server's limits: bytes of ``note``, characters of ``reportingInstance``."""
+MAX_KILLS_ANNOTATION = 32 * 1024
+"""Bytes of the kills annotation (all annotations of an object: 256 KiB); workers past it are left
+out and counted in the truncated annotation."""
+EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+MERGE_PATCH = "application/merge-patch+json"
 
-Body = dict[str, Any]
-Result = str  # "recorded" | "failed"
-
-
-@dataclass(frozen=True)
-class PodRef:
-    name: str
-    namespace: str
-    uid: str | None = None
-
-    @classmethod
-    def from_environment(cls) -> PodRef | None:
-        name, namespace = os.environ.get(POD_NAME_ENV), os.environ.get(POD_NAMESPACE_ENV)
-        if not name or not namespace:
-            return None
-        return cls(name, namespace, os.environ.get(POD_UID_ENV) or None)
-
-
-class EventsUnavailable(Exception):
-    """Events cannot be recorded at all (no client library, no credentials): said once, at start."""
-
-
-class Poster(Protocol):
-    def pod_uid(self, pod: PodRef) -> str | None: ...
-
-    def post(self, namespace: str, body: Body) -> None: ...
+Ranks = tuple[int | None, int | None]
 
 
 # -- what an Event says (pure) -----------------------------------------------------------------------
 
 
-def kill_event(pod: PodRef, report: KillReport, now: datetime) -> Body:
-    """The events.k8s.io/v1 Event for one kill.
+def reason_of(report: KillReport) -> str:
+    if report.outcome is kills.Outcome.OBSERVED:
+        return OBSERVED
+    return KILLED if report.outcome is kills.Outcome.DELIVERED else KILL_FAILED
+
+
+def kill_entry(report: KillReport, ranks: Ranks) -> Body:
+    """One worker in the kills annotation (the contract the operator's hang report reads)."""
+    observed = report.outcome is kills.Outcome.OBSERVED
+    return {
+        "pid": report.worker.pid,
+        "rank": ranks[0],
+        "local_rank": ranks[1],
+        "scope": "" if report.escalation else _cut(report.scope_id),
+        "deadline": round(report.deadline, 3),
+        "signal": None if observed else signal_name(report.signal),
+        "outcome": report.outcome.value,
+        "rule": "escalation" if report.escalation else report.rule,
+        "frames": [_cut(frame) for frame in report.frames],
+    }
+
+
+def kills_annotations(entries: Sequence[Body]) -> dict[str, str]:
+    """The kills annotation, as many workers as fit, and how many did not (when any)."""
+    kept: list[str] = []
+    size = 2
+    for entry in entries:
+        text = json.dumps(entry, separators=(",", ":"))
+        if size + len(text.encode()) + 1 > MAX_KILLS_ANNOTATION:
+            break
+        kept.append(text)
+        size += len(text.encode()) + 1
+    annotations = {KILLS_ANNOTATION: "[" + ",".join(kept) + "]"}
+    if len(kept) < len(entries):
+        annotations[TRUNCATED_ANNOTATION] = str(len(entries) - len(kept))
+    return annotations
+
+
+def micro_time(now: datetime) -> str:
+    """MicroTime as the API server insists on it: six digits of fraction, in UTC."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def burst_event(pod: PodRef, burst: Sequence[tuple[KillReport, Ranks]], now: datetime) -> Body:
+    """The events.k8s.io/v1 Event for a burst of kills in one pod (all with one reason).
 
     ``kubectl describe pod`` lists it: both API groups serve the same Events, ``regarding`` is the
     core ``involvedObject``, and describe finds Events by the pod's name, namespace and uid.
     """
-    when = now.astimezone(UTC)
-    if when.microsecond == 0:
-        # The client writes a datetime without a fraction when it has none, and the API server's
-        # MicroTime insists on six digits.
-        when = when.replace(microsecond=1)
+    first = burst[0][0]
     regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
     if pod.uid:
         regarding["uid"] = pod.uid
-    suffix = f".{int(when.timestamp() * 1e6):x}{report.worker.pid:x}"
+    suffix = f".{int(now.timestamp() * 1e6):x}{first.worker.pid:x}"
     return {
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
-        "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
-        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "metadata": {
+            "name": pod.name[: 253 - len(suffix)] + suffix,
+            "namespace": pod.namespace,
+            "annotations": kills_annotations([kill_entry(r, ranks) for r, ranks in burst]),
+        },
+        "eventTime": micro_time(now),
         "regarding": regarding,
         "type": "Warning",
-        "reason": KILLED if report.outcome is kills.Outcome.DELIVERED else KILL_FAILED,
-        "action": ACTION,
-        "note": kill_message(report).encode()[:MAX_NOTE].decode(errors="ignore"),
+        "reason": reason_of(first),
+        "action": "Observe" if first.outcome is kills.Outcome.OBSERVED else "Kill",
+        "note": burst_note([r for r, _ in burst]),
         "reportingController": REPORTING_CONTROLLER,
         "reportingInstance": pod.name[:MAX_INSTANCE],
     }
+
+
+def series_patch(event: Body, count: int, now: datetime) -> Body:
+    """A JSON merge patch turning an earlier Event into a series that now includes ``event``."""
+    annotations: dict[str, str | None] = {TRUNCATED_ANNOTATION: None, **event["metadata"]["annotations"]}
+    return {
+        "metadata": {"annotations": annotations},
+        "series": {"count": count, "lastObservedTime": micro_time(now)},
+        "note": event["note"],
+    }
+
+
+def burst_note(reports: Sequence[KillReport]) -> str:
+    note = "; ".join(kill_message(report) for report in reports)
+    return note.encode()[:MAX_NOTE].decode(errors="ignore")
 
 
 def kill_message(report: KillReport) -> str:
@@ -115,6 +157,8 @@ def kill_message(report: KillReport) -> str:
         why = "still alive after an earlier signal"
     else:
         why = f"timer {_cut(report.scope_id)!r} expired {max(0.0, report.lateness):.3f}s ago"
+    if report.outcome is kills.Outcome.OBSERVED:
+        return f"would have sent {sig} to {who} (observe mode): {why}"
     if report.outcome is kills.Outcome.DELIVERED:
         return f"sent {sig} to {who}: {why}"
     return f"could not send {sig} to {who} ({report.outcome.value}): {why}"
@@ -124,176 +168,124 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_FIELD else text[: MAX_FIELD - 3] + "..."
 
 
-def describe_failure(exc: BaseException, pod: PodRef) -> str:
-    """What went wrong posting an Event, in words that say what to fix."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        why = f"the API server answered {status} {getattr(exc, 'reason', '') or ''}".rstrip()
-        if status in (401, 403):
-            why += (
-                f": the pod's service account needs RBAC permission to create events (API group"
-                f" events.k8s.io) in namespace {pod.namespace}"
-            )
-        return why
-    return f"{type(exc).__name__}: {exc}"
+def ranks_from_environ(environ: bytes) -> Ranks:
+    """``RANK`` and ``LOCAL_RANK`` from a /proc/PID/environ (None when unset or not a number)."""
+    found: dict[bytes, int | None] = {}
+    for item in environ.split(b"\0"):
+        name, _, value = item.partition(b"=")
+        if name in (b"RANK", b"LOCAL_RANK"):
+            found[name] = int(value) if value.strip().isdigit() else None
+    return found.get(b"RANK"), found.get(b"LOCAL_RANK")
 
 
-# -- the kubernetes client (I/O) ---------------------------------------------------------------------
-
-
-class KubernetesPoster:
-    """Posts with the ``kubernetes`` client: in-cluster credentials, or ``$KUBECONFIG`` when set."""
-
-    def __init__(self) -> None:
-        try:
-            from kubernetes import client, config
-        except ImportError:
-            raise EventsUnavailable(
-                "the kubernetes package is not installed (pip install 'expiry-sidecar[events]')"
-            ) from None
-        configuration = client.Configuration()
-        try:
-            if os.environ.get("KUBECONFIG"):
-                config.load_kube_config(client_configuration=configuration, persist_config=False)  # type: ignore[no-untyped-call]
-            else:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError) as exc:
-            raise EventsUnavailable(f"no Kubernetes credentials: {exc}") from None
-        configuration.retries = False  # best effort: the next Event is the retry
-        self._client = client
-        self._api_client = client.ApiClient(configuration)
-        # Any: the client takes plain dicts for bodies, and raw responses, which its stubs deny.
-        # EventsV1Api, not CoreV1Api: the core API's module alone costs the process 20 MB.
-        self._events: Any = client.EventsV1Api(self._api_client)
-
-    def pod_uid(self, pod: PodRef) -> str | None:
-        """Only needed when the operator did not pass the uid (EXPIRY_POD_UID)."""
-        core: Any = self._client.CoreV1Api(self._api_client)
-        response = core.read_namespaced_pod(
-            pod.name, pod.namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-        )
-        uid = json.loads(response.data).get("metadata", {}).get("uid")
-        return uid if isinstance(uid, str) and uid else None
-
-    def post(self, namespace: str, body: Body) -> None:
-        self._events.create_namespaced_event(
-            namespace, body, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-        )
+def read_ranks(pid: int) -> Ranks:
+    """The worker's ranks, read before it is killed (a dead process's environ is empty)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            return ranks_from_environ(file.read())
+    except OSError:
+        return None, None
 
 
 # -- the listener --------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Series:
+    name: str
+    count: int
+    last: float
+
+
 class EventRecorder(Listener):
     def __init__(
         self,
-        pod: PodRef | None,
+        writer: ApiWriter,
         *,
-        connect: Callable[[], Poster] = KubernetesPoster,
-        queue_size: int = QUEUE_SIZE,
+        ranks: Callable[[int], Ranks] = read_ranks,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.results: Counter[Result] = Counter()
-        self._pod = pod
-        self._connect = connect
+        self.results: Counter[str] = Counter()
+        self._writer = writer
+        self._read_ranks = ranks
         self._clock = clock
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Body | None] = queue.Queue(maxsize=queue_size)
-        self._failing = False
-        self._uid_settled = pod is None or pod.uid is not None
-        self._thread: threading.Thread | None = None
-        if pod is None:
-            log.warning(
-                "Kubernetes Events are off: %s and %s are not set (the operator sets them from the"
-                " downward API)",
-                POD_NAME_ENV,
-                POD_NAMESPACE_ENV,
-            )
-        else:
-            self._thread = threading.Thread(target=self._run, name="expiry-events", daemon=True)
-            self._thread.start()
+        self._ranks: dict[Worker, Ranks] = {}
+        self._burst: list[tuple[KillReport, Ranks]] | None = None
+        """The open burst: kills waiting for their Event (None: none waiting)."""
+        self._series: dict[str, _Series] = {}
+        """By reason: the last Event written, which a repeat extends (the writer thread's own)."""
+        self._uid_settled = writer.pod is None or writer.pod.uid is not None
+
+    def before_kill(self, order: KillOrder) -> None:
+        ranks = self._read_ranks(order.worker.pid)
+        with self._lock:
+            self._ranks[order.worker] = ranks
 
     def after_kill(self, report: KillReport) -> None:
-        if self._pod is None or self._thread is None or not self._thread.is_alive():
-            self._count("failed")
-            return
-        body = kill_event(self._pod, report, datetime.fromtimestamp(self._clock(), UTC))
-        try:
-            self._queue.put_nowait(body)
-        except queue.Full:
-            self._count("failed")
-            self._failed(f"{self._queue.maxsize} Events were already waiting to be posted; dropped one")
-
-    def close(self) -> None:
-        """Post what is queued (for up to FLUSH_TIMEOUT seconds), then stop."""
-        if self._thread is None:
-            return
-        try:
-            self._queue.put(None, timeout=FLUSH_TIMEOUT)
-        except queue.Full:
-            return
-        self._thread.join(FLUSH_TIMEOUT)
-
-    def _run(self) -> None:
-        assert self._pod is not None
-        try:
-            poster = self._connect()
-        except EventsUnavailable as exc:
-            log.warning("Kubernetes Events are off: %s", exc, extra={"reason": str(exc)})
-            self._drain()
-            return
-        log.info(
-            "recording Kubernetes Events", extra={"pod": self._pod.name, "namespace": self._pod.namespace}
-        )
-        while (body := self._queue.get()) is not None:
-            try:
-                self._settle_uid(poster, body)
-                poster.post(self._pod.namespace, body)
-            except Exception as exc:  # a background thread must outlive any client error
-                self._count("failed")
-                self._failed(describe_failure(exc, self._pod))
-                continue
-            self._count("recorded")
-            with self._lock:
-                recovered, self._failing = self._failing, False
-            if recovered:
-                log.info("recording Kubernetes Events again")
-
-    def _drain(self) -> None:
-        """Without a client, count what is queued and what comes as failed until stopped."""
-        while self._queue.get() is not None:
-            self._count("failed")
-
-    def _settle_uid(self, poster: Poster, body: Body) -> None:
-        """Fill in the pod's uid, read once from the API unless the environment gave it."""
-        assert self._pod is not None
-        if not self._uid_settled:
-            try:
-                uid = poster.pod_uid(self._pod)
-            except Exception as exc:
-                status = getattr(exc, "status", None)
-                self._uid_settled = status in (401, 403, 404)  # will not improve: go without a uid
-                if self._uid_settled:
-                    log.info("Events will not name the pod's uid: %s", describe_failure(exc, self._pod))
+        with self._lock:
+            ranks = self._ranks.pop(report.worker, (None, None))
+            if self._burst is not None:
+                self._burst.append((report, ranks))
                 return
-            self._pod = PodRef(self._pod.name, self._pod.namespace, uid)
-            self._uid_settled = True
-        if self._pod.uid:
-            body["regarding"]["uid"] = self._pod.uid
-
-    def _count(self, result: Result) -> None:
-        with self._lock:
-            self.results[result] += 1
-
-    def _failed(self, why: str) -> None:
-        """Log a failure once per outage: the first one after a success (or after the start)."""
-        with self._lock:
-            first, self._failing = not self._failing, True
-        if not first:
-            return
-        log.warning(
-            "could not record a Kubernetes Event: %s; kills go on, and failures are counted in"
-            ' expiry_events_total{result="failed"}',
-            why,
-            extra={"reason": why},
+            burst = self._burst = [(report, ranks)]
+        written = self._writer.submit(
+            WHAT, PERMISSION, lambda client: self._write(client, burst), delay=BURST_WINDOW
         )
+        written.add_done_callback(lambda future: self._done(future, burst))
+
+    def _done(self, future: Future[int], burst: list[tuple[KillReport, Ranks]]) -> None:
+        with self._lock:
+            if self._burst is burst:  # failed before it ran (no API, queue full): close the burst
+                self._burst = None
+            if future.exception() is None:
+                self.results["recorded"] += future.result()
+            else:
+                self.results["failed"] += 1
+
+    def _write(self, client: Client, burst: list[tuple[KillReport, Ranks]]) -> int:
+        """On the writer thread: the burst's Events (one per reason; usually one). How many."""
+        with self._lock:
+            if self._burst is burst:  # later kills start a burst of their own (a retry finds it closed)
+                self._burst = None
+        pod = self._settle_uid(client)
+        by_reason: dict[str, list[tuple[KillReport, Ranks]]] = {}
+        for item in burst:
+            by_reason.setdefault(reason_of(item[0]), []).append(item)
+        for reason, items in by_reason.items():
+            now = self._clock()
+            event = burst_event(pod, items, datetime.fromtimestamp(now, UTC))
+            path = EVENTS_PATH.format(namespace=pod.namespace)
+            series = self._series.get(reason)
+            if series is not None and now - series.last < SERIES_WINDOW:
+                patch = series_patch(event, series.count + 1, datetime.fromtimestamp(now, UTC))
+                try:
+                    client.request("PATCH", f"{path}/{series.name}", patch, MERGE_PATCH)
+                except ApiError as exc:
+                    if exc.status != 404:  # gone (Events expire): start a new one
+                        raise
+                else:
+                    series.count, series.last = series.count + 1, now
+                    continue
+            client.request("POST", path, event)
+            self._series[reason] = _Series(event["metadata"]["name"], 1, now)
+        return len(by_reason)
+
+    def _settle_uid(self, client: Client) -> PodRef:
+        """The pod, with its uid read once from the API unless the environment gave it."""
+        pod = self._writer.pod
+        assert pod is not None
+        if self._uid_settled:
+            return pod
+        try:
+            answer = client.request("GET", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
+        except ApiError as exc:
+            self._uid_settled = exc.status in (401, 403, 404)  # will not improve: go without a uid
+            return pod
+        except Exception:
+            return pod
+        uid = answer.get("metadata", {}).get("uid")
+        self._uid_settled = True
+        if isinstance(uid, str) and uid:
+            pod = self._writer.pod = PodRef(pod.name, pod.namespace, uid)
+        return pod

@@ -22,6 +22,8 @@ class Outcome(enum.StrEnum):
     PERMISSION = "permission"
     IDENTITY = "identity"
     ERROR = "error"
+    OBSERVED = "observed"
+    """Observe mode: the signal was not sent, by design."""
 
 
 def is_protected(pid: int) -> bool:

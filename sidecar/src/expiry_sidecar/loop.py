@@ -14,6 +14,7 @@ import os
 import selectors
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.processes import Worker
@@ -22,6 +23,11 @@ from expiry_sidecar.server import TimerServer
 log = logging.getLogger("expiry.sidecar")
 
 MAX_READS_PER_TURN = 16
+
+
+@dataclass(frozen=True)
+class _Once:
+    callback: Callable[[], None]
 
 
 class ServeLoop:
@@ -53,8 +59,9 @@ class ServeLoop:
         if worker.pidfd is not None:
             self._selector.unregister(worker.pidfd)
 
-    def watch_fd(self, fd: int, on_ready: Callable[[], None]) -> None:
-        self._selector.register(fd, selectors.EVENT_READ, on_ready)
+    def watch_fd(self, fd: int, on_ready: Callable[[], None], *, once: bool = True) -> None:
+        """Call ``on_ready`` when ``fd`` turns readable: the first time only, or every time."""
+        self._selector.register(fd, selectors.EVENT_READ, _Once(on_ready) if once else on_ready)
 
     def stop(self, status: int = 0) -> None:
         """Ask the loop to end after this turn (safe from signal handlers)."""
@@ -104,8 +111,10 @@ class ServeLoop:
                     break
         elif isinstance(key.data, Worker):
             server.worker_exited(key.data.pid)
-        else:
+        elif isinstance(key.data, _Once):
             self._selector.unregister(key.fd)
+            key.data.callback()
+        else:
             key.data()
 
     def close(self) -> None:

@@ -19,7 +19,9 @@ from expiry_sidecar import __version__, kills
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-FAILURE_REASONS = tuple(o.value for o in kills.Outcome if o is not kills.Outcome.DELIVERED)
+FAILURE_REASONS = tuple(
+    o.value for o in kills.Outcome if o not in (kills.Outcome.DELIVERED, kills.Outcome.OBSERVED)
+)
 
 
 PLAIN_COUNTERS = (
@@ -31,6 +33,11 @@ PLAIN_COUNTERS = (
         "stale",
     ),
     ("expiry_expirations", "Timers that passed their deadline", "expirations"),
+    (
+        "expiry_observed_expirations",
+        "Expirations that --mode observe reported instead of killing (the kills enforce would have made)",
+        "observed",
+    ),
     ("expiry_escalations", "SIGKILLs sent after a softer signal went unheeded", "escalations"),
     ("expiry_worker_exits", "Workers that exited while holding armed timers", "worker_exits"),
     (
@@ -156,6 +163,15 @@ def stack_dump_counter(counts: Counter[str]) -> ResultCounter:
 def event_counter(counts: Counter[str]) -> ResultCounter:
     return ResultCounter(
         "expiry_events", "Kubernetes Events about kills, by result", ("recorded", "failed"), counts
+    )
+
+
+def condition_counter(counts: Counter[str]) -> ResultCounter:
+    return ResultCounter(
+        "expiry_pod_conditions",
+        "Pod conditions (expiry.io/WorkerHung) set before a kill, by result",
+        ("patched", "failed", "timeout"),
+        counts,
     )
 
 

@@ -8,13 +8,20 @@ The rules, in the order a request meets them:
 3. An acquire first attaches to its worker (see :mod:`.processes`): a request whose writer is
    already gone, or whose pid now belongs to another process, arms nothing. Its wall-clock
    expiration time becomes a monotonic deadline on arrival; re-acquiring a scope replaces it.
-4. When a deadline passes the timer expires. With a signal <= 0 that is all. Otherwise the worker
-   gets the signal (``kill_signal`` overrides the client's choice) unless it is protected, and all
-   of its timers are cleared: a worker is killed once, however many of its timers expired.
-5. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
+4. When a deadline passes the timer expires. What happens to its worker is the mode's rule (see
+   :mod:`.mode`): with a signal <= 0, nothing; otherwise the worker is ordered killed (``kill_signal``
+   overrides the client's choice; in observe mode only as if), and all of its timers are cleared:
+   a worker is killed once, however many of its timers expired, and never again while its kill is
+   under way.
+5. A kill order is carried out off the loop (``dispatch``): the slow work before the signal (stack
+   dump, pod condition) runs, each piece within its own bound, then the signal goes out (unless
+   observing or the worker is protected), and the report comes back to the loop (``killed``) for
+   the bookkeeping. Workers expiring together are killed in parallel; no deadline waits for a dump.
+   The worker's pidfd stays open until its report is back, so the signal reaches that very process.
+6. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
    gets SIGKILL. One still alive ``UNKILLABLE_AFTER`` seconds after SIGKILL is stuck where no
    signal reaches (uninterruptible sleep, e.g. on a dead NFS server): it is reported, loudly.
-6. A worker that exits disarms all its timers.
+7. A worker that exits disarms all its timers.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from expiry.wire import MalformedRequest, Request, decode
 from expiry_sidecar import kills, processes
 from expiry_sidecar.lines import LineSplitter
+from expiry_sidecar.mode import Action, Mode, on_expiry
 from expiry_sidecar.processes import NotAttached, Worker
 from expiry_sidecar.state import SavedTimer
 from expiry_sidecar.timers import Timer, TimerBook
@@ -52,6 +60,8 @@ class Stats:
     stale: int = 0
     """Acquires whose writer was gone (or its pid reused) by the time they were read."""
     expirations: int = 0
+    observed: int = 0
+    """Expirations that observe mode reported instead of killing."""
     escalations: int = 0
     worker_exits: int = 0
     unkillable: int = 0
@@ -69,24 +79,88 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class KillOrder:
+    """What the loop decided for one worker; carried out off the loop."""
+
+    worker: Worker
+    scope_id: str
+    signal: int
+    deadline: float
+    """Monotonic seconds."""
+    deadline_wall: float
+    """The same deadline in epoch seconds, for people and the API."""
+    ordered_at: float
+    """Monotonic seconds; bounds on the work before the signal count from here."""
+    send: bool = True
+    """False: observe mode, the signal is only reported."""
+    condition: bool = False
+    """Mark the pod with the hang condition before the signal."""
+    escalation: bool = False
+    rule: str = "requested"
+    """Which deadline fired and why."""
+    frames: list[str] = field(default_factory=list)
+    """Filled in by the stack dump: up to a few innermost frames, innermost last."""
+
+
+@dataclass(frozen=True)
 class KillReport:
     worker: Worker
     scope_id: str
     signal: int
     outcome: kills.Outcome
     lateness: float
-    """Seconds from the deadline to the signal (to the refusal, when refused)."""
+    """Seconds from the deadline to the signal (to the refusal, when refused; to the report, observing)."""
     escalation: bool = False
+    rule: str = "requested"
+    """Which deadline fired and why."""
+    deadline: float = 0.0
+    """Epoch seconds the deadline passed."""
+    frames: tuple[str, ...] = ()
+    """The innermost frames of the worker's stack when it was dumped, innermost last."""
 
 
 class Listener:
-    """Told about kills as they happen: metrics, logs, Kubernetes Events, stack dumps."""
+    """Told about kills as they happen: metrics, logs, Kubernetes Events, stack dumps, the pod condition."""
 
-    def before_kill(self, worker: Worker, timer: Timer) -> None:
-        """Called just before the signal goes out; may take a moment (e.g. a stack dump)."""
+    def ordered(self, order: KillOrder) -> None:
+        """On the loop, as the kill is ordered: must not block (queue work, at most)."""
+
+    def before_kill(self, order: KillOrder) -> None:
+        """Off the loop, before the signal: may take a moment (a stack dump), within its own bound."""
 
     def after_kill(self, report: KillReport) -> None:
-        """Called once per signal attempted, delivered or not."""
+        """On the loop, once per kill ordered: delivered, refused or observed."""
+
+
+Dispatch = Callable[[Callable[[], KillReport]], None]
+"""Runs a kill (a job returning its report) and hands the report to ``TimerServer.killed`` on the
+loop; inline by default, on a thread pool in the daemon (see :mod:`.killer`)."""
+
+
+def carry_out(
+    order: KillOrder,
+    listeners: Iterable[Listener],
+    send: Callable[[Worker, int], kills.Outcome],
+    monotonic: Callable[[], float],
+) -> KillReport:
+    """The slow part of a kill, off the loop: what comes before the signal, then the signal."""
+    for listener in listeners:
+        try:
+            listener.before_kill(order)
+        except Exception:  # whatever fails before it, the signal goes out
+            log.exception("preparing the kill of pid %d failed; killing it anyway", order.worker.pid)
+    outcome = send(order.worker, order.signal) if order.send else kills.Outcome.OBSERVED
+    return KillReport(
+        order.worker,
+        order.scope_id,
+        order.signal,
+        outcome,
+        monotonic() - order.deadline,
+        order.escalation,
+        order.rule,
+        order.deadline_wall,
+        tuple(order.frames),
+    )
 
 
 @dataclass(frozen=True)
@@ -116,8 +190,13 @@ class TimerServer:
         on_unwatch: Callable[[Worker], None] = lambda worker: None,
         book: TimerBook | None = None,
         scope_metrics: bool = False,
+        mode: Mode = Mode.ENFORCE,
+        pod_condition: bool = False,
+        dispatch: Dispatch | None = None,
     ) -> None:
         self.kill_signal = kill_signal
+        self.mode = mode
+        self.pod_condition = pod_condition
         self.escalate_after = escalate_after
         self.scope_metrics = scope_metrics
         self.listeners = list(listeners)
@@ -134,6 +213,9 @@ class TimerServer:
         """Held by the loop while it changes anything; taken by readers in other threads (scrapes)."""
         self._follow_ups: dict[int, FollowUp] = {}
         """Signalled workers to look at again: escalate to SIGKILL, or report as unkillable."""
+        self._dispatch = dispatch or self._inline
+        self.killing: set[Worker] = set()
+        """Workers whose kill is under way (ordered, report not yet back)."""
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -226,51 +308,76 @@ class TimerServer:
         return max(0.0, min(deadlines) - self.clock.monotonic()) if deadlines else None
 
     def expire_due(self) -> None:
-        """Expire every timer whose deadline has passed, killing each worker at most once."""
+        """Expire every timer whose deadline has passed, ordering each worker killed at most once."""
         now = self.clock.monotonic()
-        killed: set[int] = set()
+        ordered: set[int] = set()
         for timer in self.book.pop_due(now):
-            self.stats.expirations += 1
-            if self.scope_metrics:
-                by_scope = self.stats.expirations_by_scope
-                scope = (
-                    timer.scope_id
-                    if timer.scope_id in by_scope or len(by_scope) < SCOPE_LABELS_MAX
-                    else "other"
-                )
-                by_scope[scope] += 1
-            log.info(
-                "timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal}
-            )
-            if timer.signal > 0 and timer.pid not in killed:
-                killed.add(timer.pid)
-                self._kill(timer, self.kill_signal or timer.signal)
+            self._count_expiration(timer)
+            action = on_expiry(self.mode, timer.signal, self.kill_signal, self.pod_condition)
+            worker = self.workers[timer.pid]
+            if action is not None and worker not in self.killing and timer.pid not in ordered:
+                ordered.add(timer.pid)
+                self._order(worker, timer, action)
         for pid, follow_up in list(self._follow_ups.items()):
             if follow_up.deadline <= now:
                 del self._follow_ups[pid]
                 if follow_up.escalate:
-                    self._kill(
-                        Timer(pid, ESCALATION_SCOPE, follow_up.deadline, signals.SIGKILL), signals.SIGKILL
-                    )
+                    escalation = Timer(pid, ESCALATION_SCOPE, follow_up.deadline, signals.SIGKILL)
+                    sigkill = Action(signals.SIGKILL, send=True, condition=False)
+                    self._order(self.workers[pid], escalation, sigkill)
                 else:
                     self._report_unkillable(pid)
 
-    def _kill(self, timer: Timer, sig: int) -> None:
-        worker = self.workers[timer.pid]
-        escalation = timer.scope_id == ESCALATION_SCOPE
-        for listener in self.listeners:
-            listener.before_kill(worker, timer)
-        outcome = self._send(worker, sig)
-        report = KillReport(
-            worker, timer.scope_id, sig, outcome, self.clock.monotonic() - timer.deadline, escalation
+    def _count_expiration(self, timer: Timer) -> None:
+        self.stats.expirations += 1
+        if self.scope_metrics:
+            by_scope = self.stats.expirations_by_scope
+            scope = (
+                timer.scope_id if timer.scope_id in by_scope or len(by_scope) < SCOPE_LABELS_MAX else "other"
+            )
+            by_scope[scope] += 1
+        log.info("timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal})
+
+    def _order(self, worker: Worker, timer: Timer, action: Action) -> None:
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        order = KillOrder(
+            worker,
+            timer.scope_id,
+            action.signal,
+            timer.deadline,
+            wall - (mono - timer.deadline),
+            mono,
+            send=action.send,
+            condition=action.condition,
+            escalation=timer.scope_id == ESCALATION_SCOPE,
         )
         self.book.forget(worker.pid)
-        if outcome is kills.Outcome.DELIVERED:
+        self.killing.add(worker)
+        for listener in self.listeners:
+            listener.ordered(order)
+        listeners, send, monotonic = tuple(self.listeners), self._send, self.clock.monotonic
+        self._dispatch(lambda: carry_out(order, listeners, send, monotonic))
+
+    def _inline(self, job: Callable[[], KillReport]) -> None:
+        self.killed(job())
+
+    def killed(self, report: KillReport) -> None:
+        """A kill's report is back on the loop: count it, schedule what follows, tell the listeners."""
+        worker, sig, outcome = report.worker, report.signal, report.outcome
+        self.killing.discard(worker)
+        current = self.workers.get(worker.pid) is worker
+        if not current:  # it exited (or its pid was reused) while the kill was under way
+            worker.close()
+        elif outcome is not kills.Outcome.OBSERVED:
+            self.book.forget(worker.pid)  # anything it armed while the kill was prepared
+        if outcome is kills.Outcome.OBSERVED:
+            self.stats.observed += 1
+        elif outcome is kills.Outcome.DELIVERED:
             self.stats.kills[signal_name(sig)] += 1
-            self.stats.escalations += escalation
+            self.stats.escalations += report.escalation
             self.stats.last_kill_time = self.clock.wall()
             soft = sig != signals.SIGKILL and self.escalate_after > 0
-            if sig == signals.SIGKILL or soft:
+            if current and (sig == signals.SIGKILL or soft):
                 wait = self.escalate_after if soft else UNKILLABLE_AFTER
                 self._follow_ups[worker.pid] = FollowUp(self.clock.monotonic() + wait, escalate=soft)
         else:
@@ -299,7 +406,8 @@ class TimerServer:
             log.info("worker exited holding %d timer(s)", len(held), extra={"pid": pid})
         if worker is not None:
             self._on_unwatch(worker)
-            worker.close()
+            if worker not in self.killing:  # else its kill still holds the pidfd: closed in killed()
+                worker.close()
 
     def close(self) -> None:
         for pid in list(self.workers):

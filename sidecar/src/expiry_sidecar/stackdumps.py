@@ -6,43 +6,53 @@ Just before the signal goes out, the worker's Python stacks are captured in one 
   ``$EXPIRY_DUMP_DIR`` is set, see :mod:`expiry.dumps`): the sidecar sends that signal and the worker
   itself appends every thread's stack to ``DIR/<pid>.stack`` from a C signal handler, so this works
   while it is stuck in C code and needs no capability. The sidecar waits until the file stops
-  growing, for at most ``wait`` seconds (0.5).
+  growing, for at most ``wait`` seconds (1).
 - py-spy (any other worker, e.g. torch's own client), when ``py-spy`` is installed and the sidecar
   may ptrace the worker (CAP_SYS_PTRACE): ``py-spy dump --pid``, for at most ``py_spy_timeout``
   seconds (5).
 
 The stack goes to the log (one JSON line, the text cut to ``LOG_LIMIT`` characters) and in full to
-``DIR/<pid>-<UTC time>.stack``; ``expiry_stack_dumps_total{result="ok|failed"}`` counts them. The
-kill waits for the dump, so a dump delays it (and every deadline due meanwhile) by that long at
-most. Escalations (SIGKILL after a softer signal) are not dumped again.
+``DIR/<pid>-<UTC time>.stack``; its innermost frames go to the kill's Event;
+``expiry_stack_dumps_total{result="ok|failed"}`` counts them. The kill waits for the dump, off the
+loop (see :mod:`.killer`): workers expiring together are dumped in parallel, and no other deadline
+waits for a dump. Escalations (SIGKILL after a softer signal) are not dumped again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 from expiry_sidecar import kills
 from expiry_sidecar.processes import Worker
-from expiry_sidecar.server import ESCALATION_SCOPE, Listener
-from expiry_sidecar.timers import Timer
+from expiry_sidecar.server import KillOrder, Listener
 
 log = logging.getLogger("expiry.sidecar")
 
-WAIT = 0.5
-"""Longest wait for a faulthandler dump to appear and stop growing."""
-SETTLE = 0.03
-"""A dump that has not grown for this long is complete."""
+WAIT = 1.0
+"""Longest wait for a faulthandler dump to appear and stop growing. It delays only this worker's
+kill (dumps run off the loop, in parallel), so it can leave a loaded machine room."""
+SETTLE = 0.05
+"""A dump that has not grown for this long is complete. faulthandler writes all stacks in one burst
+of small writes from its signal handler; a pause within it is a preemption, which 50 ms outlasts on
+a loaded machine."""
 POLL = 0.005
 PY_SPY_TIMEOUT = 5.0
 LOG_LIMIT = 12_000
 """Characters of stack in the log line: container runtimes split lines past 16 KiB."""
+FRAMES = 5
+"""Innermost frames of the main thread that go to the kill's Event."""
+
+_FAULTHANDLER_FRAME = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
+_PY_SPY_FRAME = re.compile(r"^\s+(?P<func>.+?) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 
 class DumpFailed(Exception):
@@ -105,6 +115,27 @@ def py_spy_dump(py_spy: str, pid: int, timeout: float) -> str:
     return done.stdout
 
 
+def innermost_frames(stack: str, limit: int = FRAMES) -> list[str]:
+    """The main thread's innermost ``limit`` frames as "file:line in func", innermost last.
+
+    faulthandler lists threads newest first (the main thread is the last block); py-spy names it
+    "MainThread". Both list each thread's frames innermost first.
+    """
+    blocks: list[tuple[str, list[str]]] = []
+    for line in stack.splitlines():
+        frame = _FAULTHANDLER_FRAME.match(line) or _PY_SPY_FRAME.match(line)
+        if frame and blocks:
+            blocks[-1][1].append(f"{frame['file']}:{frame['line']} in {frame['func']}")
+        elif line.startswith(("Thread ", "Current thread ")):
+            blocks.append((line, []))
+    if not blocks:
+        return []
+    main = next((frames for header, frames in blocks if '"MainThread"' in header), None)
+    if main is None:
+        main = blocks[-1][1]
+    return main[:limit][::-1]
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -126,6 +157,8 @@ class StackDumper(Listener):
         self.py_spy = py_spy
         self.py_spy_timeout = py_spy_timeout
         self.results: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        """Kills are prepared in parallel threads."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -133,23 +166,29 @@ class StackDumper(Listener):
         with contextlib.suppress(OSError):  # trainers may run as another uid: let them write, as in /tmp
             directory.chmod(0o1777)
 
-    def before_kill(self, worker: Worker, timer: Timer) -> None:
-        if timer.scope_id == ESCALATION_SCOPE:
+    def before_kill(self, order: KillOrder) -> None:
+        if order.escalation:
             return
-        fields: dict[str, object] = {"pid": worker.pid, "scope": timer.scope_id}
+        worker = order.worker
+        fields: dict[str, object] = {"pid": worker.pid, "scope": order.scope_id}
         try:
             mechanism, stack = self._capture(worker)
         except DumpFailed as exc:
-            self.results["failed"] += 1
+            self._count("failed")
             log.warning("no stack dump of pid %d: %s", worker.pid, exc, extra={**fields, "reason": str(exc)})
             return
-        self.results["ok"] += 1
+        self._count("ok")
+        order.frames.extend(innermost_frames(stack))
         fields.update(mechanism=mechanism, file=self._save(worker.pid, stack))
         if len(stack) > LOG_LIMIT:
             fields.update(stack=stack[:LOG_LIMIT], stack_truncated=True)
         else:
             fields.update(stack=stack)
         log.warning("stack of the stuck worker", extra=fields)
+
+    def _count(self, result: str) -> None:
+        with self._lock:
+            self.results[result] += 1
 
     def _capture(self, worker: Worker) -> tuple[str, str]:
         if worker.dump_signal is not None:
