@@ -210,12 +210,18 @@ class PodRunner:
                  sys.executable, str(HERE / "podexec.py"), json.dumps(spec)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
+        try:
+            host_pid = _wait_for_child(process)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"container {name}: {error}:\n{log_path.read_text(errors='replace')}"
+            ) from None
         started = Container(
             name=name,
             native_sidecar=container.get("restartPolicy") == "Always",
             process=process,
             log_path=log_path,
-            host_pid=_wait_for_child(process),
+            host_pid=host_pid,
         )
         self.containers[name] = started
         return started
@@ -338,15 +344,16 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_for_child(process: subprocess.Popen[bytes], timeout: float = 10) -> int:
-    """The pid of the process nsenter forked (the container's main process, once it execs)."""
+def _wait_for_child(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """The pid of the process nsenter forked, once it has become the container's main process (podexec.py
+    has exec'd the command: as runc's ``start`` returns), so its user and capabilities are final."""
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             children = _children(process.pid)
-            if children:
+            if children and b"podexec.py" not in Path(f"/proc/{children[0]}/cmdline").read_bytes():
                 return children[0]
         if process.poll() is not None:
-            raise RuntimeError(f"nsenter exited {process.returncode} before starting the container")
+            raise RuntimeError(f"the container exited {process.returncode} before its command started")
         time.sleep(0.005)
-    raise RuntimeError("the container's process did not start")
+    raise RuntimeError("the container's command did not start")
