@@ -14,7 +14,8 @@ that matters to expiry, with real kernel mechanisms, and nothing else:
   says so;
 - the process: ``command``/``args`` over the image's ENTRYPOINT/CMD, the image's env plus the
   container's (downward-API ``fieldRef`` values filled in: pod name, namespace, uid, labels,
-  annotations, ``status.podIP``), ``workingDir``; ``runAsUser``/``runAsGroup`` (pod or container level,
+  annotations, ``status.podIP``), ``HOSTNAME``, ``HOME`` (from the image's passwd, else ``/``),
+  ``workingDir``; ``runAsUser``/``runAsGroup`` (pod or container level,
   else the image's USER), ``runAsNonRoot`` refused for uid 0, supplementary groups, capabilities as
   ``securityContext.capabilities`` leaves them (the runtime's default set otherwise), ``no_new_privs``
   unless ``allowPrivilegeEscalation`` is true (tests/support/podexec.py);
@@ -251,6 +252,7 @@ class PodRunner:
         groups = [*pod_security.get("supplementalGroups", [])]
         if "fsGroup" in pod_security:
             groups.append(pod_security["fsGroup"])
+        env.setdefault("HOME", self._home(container["name"], uid))
         caps = security.get("capabilities", {})
         dropped = set(caps.get("drop", []))
         kept = set() if "ALL" in dropped else DEFAULT_CAPABILITIES - dropped
@@ -266,6 +268,15 @@ class PodRunner:
             "capabilities": sorted(CAPABILITIES[name] for name in kept),
             "noNewPrivs": not security.get("allowPrivilegeEscalation", True),
         }
+
+    def _home(self, name: str, uid: int) -> str:
+        """HOME as runc sets it when the image does not: the user's passwd entry in the image, else /."""
+        passwd = self._roots[name][1] / "etc/passwd"
+        for line in passwd.read_text().splitlines() if passwd.is_file() else []:
+            fields = line.split(":")
+            if len(fields) > 5 and fields[2] == str(uid):
+                return fields[5]
+        return "/"
 
     def field(self, path: str) -> str:
         """A downward-API ``fieldRef`` value."""
