@@ -99,8 +99,11 @@ def post_over_tls(port: int, server_name: str, ca_bundle: bytes, path: str, body
 
 @pytest.fixture
 def api() -> Iterator[KubeApi]:
-    with KubeApi() as server:
+    server = KubeApi()
+    try:
         yield server
+    finally:
+        server.close()
 
 
 def test_the_operator_image_serves_admission_over_tls(images: Images, api: KubeApi, tmp_path: Path) -> None:

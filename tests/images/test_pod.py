@@ -16,6 +16,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def root_mount_options(pid: int) -> set[str]:
 
 
 @pytest.fixture
-def api() -> Any:
+def api() -> Iterator[KubeApi]:
     with KubeApi() as server:
         yield server
 
