@@ -48,6 +48,7 @@ from typing import Any
 import requests
 
 HERE = Path(__file__).resolve().parent
+ROOT_PREFIX = "expiry-pod-"  # buildah container names: expiry-pod-<runner's pid>-<random>-<container>
 # The container runtime's default capabilities (containerd, CRI-O), by capability number.
 CAPABILITIES = {
     "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5,
@@ -137,9 +138,10 @@ class PodRunner:
         return [*self.spec.get("initContainers", []), *self.spec["containers"]]
 
     def start(self) -> None:
-        tag = uuid.uuid4().hex[:8]
+        remove_stale_roots()
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for container in self.all_containers():
-            name = f"expiry-pod-{tag}-{container['name']}"
+            name = f"{ROOT_PREFIX}{tag}-{container['name']}"
             buildah("from", "--pull=never", "--name", name, container["image"])
             self._roots[container["name"]] = (name, Path(buildah("mount", name)))
         self._start_pod()
@@ -341,6 +343,16 @@ class PodRunner:
             subprocess.run(["buildah", "rm", name], check=False, capture_output=True)
         self._roots.clear()
         return {name: c.process.returncode for name, c in self.containers.items()}
+
+
+def remove_stale_roots() -> None:
+    """Remove the root file systems that runners of processes gone (a test killed by its timeout) left."""
+    names = buildah("containers", "--noheading", "--format", "{{.ContainerName}}").split()
+    for name in names:
+        if name.startswith(ROOT_PREFIX):
+            owner = int(name.removeprefix(ROOT_PREFIX).split("-")[0])
+            if not Path(f"/proc/{owner}").exists():
+                subprocess.run(["buildah", "rm", name], check=False, capture_output=True)
 
 
 def _image_user(user: str) -> tuple[int, int]:
