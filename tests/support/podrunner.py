@@ -256,9 +256,9 @@ class PodRunner:
             groups.append(pod_security["fsGroup"])
         env.setdefault("HOME", self._home(container["name"], uid))
         caps = security.get("capabilities", {})
-        dropped = set(caps.get("drop", []))
+        dropped = {name.removeprefix("CAP_") for name in caps.get("drop", [])}
         kept = set() if "ALL" in dropped else DEFAULT_CAPABILITIES - dropped
-        kept |= set(caps.get("add", []))
+        kept |= {name.removeprefix("CAP_") for name in caps.get("add", [])}
         return {
             "root": str(self._roots[container["name"]][1]),
             "argv": argv,
