@@ -108,6 +108,28 @@ def kill_event(pod: PodRef, report: KillReport, now: datetime) -> Body:
     }
 
 
+def notice_event(pod: PodRef, reason: str, note: str, now: datetime) -> Body:
+    """A Warning Event on the pod about something other than a kill (e.g. a competing timer server)."""
+    when = now.astimezone(UTC).replace(microsecond=now.microsecond or 1)  # MicroTime: six digits
+    regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
+    if pod.uid:
+        regarding["uid"] = pod.uid
+    suffix = f".{int(when.timestamp() * 1e6):x}"
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
+        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "regarding": regarding,
+        "type": "Warning",
+        "reason": reason,
+        "action": "Detect",
+        "note": note.encode()[:MAX_NOTE].decode(errors="ignore"),
+        "reportingController": REPORTING_CONTROLLER,
+        "reportingInstance": pod.name[:MAX_INSTANCE],
+    }
+
+
 def kill_message(report: KillReport) -> str:
     worker, sig = report.worker, signal_name(report.signal)
     who = f"pid {worker.pid} ({_cut(worker.cmdline) or 'command line unknown'})"
@@ -217,7 +239,16 @@ class EventRecorder(Listener):
         if self._pod is None or self._thread is None or not self._thread.is_alive():
             self._count("failed")
             return
-        body = kill_event(self._pod, report, datetime.fromtimestamp(self._clock(), UTC))
+        self._enqueue(kill_event(self._pod, report, datetime.fromtimestamp(self._clock(), UTC)))
+
+    def notice(self, reason: str, note: str) -> None:
+        """Queue an Event that is not about a kill, on the same queue and client."""
+        if self._pod is None or self._thread is None or not self._thread.is_alive():
+            self._count("failed")
+            return
+        self._enqueue(notice_event(self._pod, reason, note, datetime.fromtimestamp(self._clock(), UTC)))
+
+    def _enqueue(self, body: Body) -> None:
         try:
             self._queue.put_nowait(body)
         except queue.Full:

@@ -25,7 +25,6 @@ from prometheus_client import generate_latest
 from expiry.names import DUMP_DIR_ENV, TIMER_FILE_ENV, TORCH_FILE_TIMER_ENV
 from expiry_sidecar.daemon import Options, Sidecar
 
-
 USAGE_ERROR = 2
 
 
