@@ -79,7 +79,7 @@ def main() -> None:
         dist.init_process_group(
             "gloo", store=generation_store(), rank=rank, world_size=world, timeout=timedelta(minutes=5)
         )
-    checkpoint = args.checkpoint_dir / f"checkpoint-{os.environ['GROUP_RANK']}"
+    checkpoint = args.checkpoint_dir / "checkpoint"  # each node's own; a node's group rank may change
     start = load(checkpoint)
     say("resuming at step", start)
     for step in range(start, args.steps):

@@ -102,10 +102,15 @@ class TorchrunPod:
         except requests.ConnectionError:
             return False
 
-    def torchrun(self, *args: str, launcher: tuple[str, ...] = ()) -> subprocess.Popen[str]:
-        """``torchrun ARGS`` in the trainer container (after ``launcher``, e.g. a shell that sets env)."""
+    def torchrun(
+        self, *args: str, launcher: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """``torchrun ARGS`` in the trainer container (after ``launcher``, e.g. a shell that sets env),
+        with the container's env and ``env`` (e.g. the ``PET_*`` variables a PyTorchJob sets)."""
         argv = [*as_user(self.uid), *launcher, sys.executable, "-m", "torch.distributed.run", *args]
-        return self.pod.start(argv, env=self.trainer_env, stdout=self._logs[1], stderr=subprocess.STDOUT)
+        return self.pod.start(
+            argv, env={**self.trainer_env, **(env or {})}, stdout=self._logs[1], stderr=subprocess.STDOUT
+        )
 
     def finish(self, run: subprocess.Popen[str]) -> int:
         try:
