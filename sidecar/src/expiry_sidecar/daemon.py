@@ -96,10 +96,9 @@ class Sidecar:
             if options.metrics_port
             else None
         )
-        self.rivals = rivals.RivalWatch(lambda: self.loop.reader.inode, on_new=self._rival)
+        self.rivals = rivals.RivalWatch(self.loop.reader.inode, on_new=self._rival)
         self.registry.register(rivals.RivalGauge(self.rivals))
         self.loop.periodic.append((FIFO_CHECK_INTERVAL, self._check_fifo))
-        self.loop.periodic.append((RIVAL_CHECK_INTERVAL, self.rivals.check))
         self._check_pending = False
         self.name_watch = self._watch_name()
         if options.exit_when_alone:
@@ -163,11 +162,12 @@ class Sidecar:
         )
         self._take_path()
         if foreign is not None:  # once the woken reader has its descriptor
-            self.loop.call_later(SETTLE, self.rivals.check)
+            self.rivals.soon()
 
     def _take_path(self) -> None:
         """Read a new FIFO of our own at the path from now on; drain and close the old one."""
         old = self.loop.replace_reader(FifoReader(self.options.fifo, claim=True))
+        self.rivals.own_fifo = self.loop.reader.inode
         while chunk := old.read():
             self.server.receive(chunk)
         old.close()
@@ -184,6 +184,7 @@ class Sidecar:
         self.probes.loop_thread = threading.current_thread()
         if self.http:
             self.http.start()
+        self.rivals.start(RIVAL_CHECK_INTERVAL, settle=SETTLE)
         log.info(
             "serving",
             extra={
@@ -208,6 +209,7 @@ class Sidecar:
         return status
 
     def close(self) -> None:
+        self.rivals.stop()
         if self.name_watch:
             self.name_watch.close()
         if self.events:
