@@ -24,6 +24,7 @@ from expiry.names import TORCH_FILE_TIMER_ENV
 from expiry.pipe import PipeWriter
 from expiry.wire import Request, encode
 
+
 class FileTimerClient:
     def __init__(
         self,
