@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,7 +48,7 @@ def manifest(name: str) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "namespace": "ml",
-            "uid": f"9d1c6f3e-0000-4000-8000-{abs(hash(name)) % 10**12:012d}",
+            "uid": f"9d1c6f3e-0000-4000-8000-{zlib.crc32(name.encode()):012d}",
             "annotations": {"expiry.io/enabled": "true"},
             "labels": {
                 "training.kubeflow.org/job-name": "llm",
