@@ -56,14 +56,11 @@ def train(pod: TorchrunPod, *trainer_args: str, launcher: tuple[str, ...] = ()) 
     return pod.finish(run)
 
 
-def assert_resumed_and_finished(pod: TorchrunPod) -> None:
+def assert_hung_and_recovered(pod: TorchrunPod) -> None:
     out = pod.output()
     assert "[rank 1 gen 0] hanging before the collective of step 1" in out
-    for rank in (0, 1):
-        assert f"[rank {rank} gen 0] step 0 done" in out
-        assert f"[rank {rank} gen 1] resuming at step 1" in out, "the new generation did not resume"
-        assert f"[rank {rank} gen 1] finished" in out
-    assert "gen 2]" not in out, "one restart was enough"
+    assert "[rank 0 gen 0] step 0 done" in out and "[rank 1 gen 0] step 0 done" in out
+    pod.assert_resumed_and_finished()
 
 
 @pytest.mark.parametrize("client", ["expiry", "torch"])
@@ -71,7 +68,7 @@ def test_both_workers_are_killed_on_time_and_torchrun_resumes_from_the_checkpoin
     pod: TorchrunPod, client: str
 ) -> None:
     assert train(pod, "--client", client) == 0, pod.tail()
-    assert_resumed_and_finished(pod)
+    assert_hung_and_recovered(pod)
     pod.assert_killed_on_time(pod.worker_pids(generation=0))
 
 
@@ -80,7 +77,7 @@ def test_torchrun_s_own_file_timer_set_in_a_launch_script_is_displaced_and_named
     the sidecar alone kills, and the agent running torch's FileTimerServer is named."""
     launcher = ("sh", "-c", 'TORCHELASTIC_ENABLE_FILE_TIMER=1 exec "$@"', "launch.sh")
     assert train(pod, "--client", "torch", launcher=launcher) == 0, pod.tail()
-    assert_resumed_and_finished(pod)
+    assert_hung_and_recovered(pod)
     pod.assert_killed_on_time(pod.worker_pids(generation=0))
     replaced = [line for line in pod.sidecar_lines() if "replaced by another FIFO" in line["message"]]
     assert len(replaced) >= 2, "torchrun's agent makes its FIFO at the start of every generation"

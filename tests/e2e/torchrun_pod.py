@@ -129,6 +129,16 @@ class TorchrunPod:
         """The pids the workers of a generation printed (pids in the pod, as the sidecar sees them)."""
         return {int(pid) for pid in re.findall(rf"\[rank \d+ gen {generation}\] pid (\d+)", self.output())}
 
+    def last_generation(self) -> int:
+        return max(int(gen) for gen in re.findall(r"\[rank \d+ gen (\d+)\]", self.output()))
+
+    def assert_resumed_and_finished(self, ranks: int = 2) -> None:
+        """Generation 1 resumed from the checkpoint of the hung step; the last one (1, unless torchrun's
+        own rendezvous needed another try) finished, on every local rank."""
+        out, last = self.output(), self.last_generation()
+        assert out.count("gen 1] resuming at step 1") == ranks, self.tail()
+        assert out.count(f"gen {last}] finished") == ranks, self.tail()
+
     def sidecar_lines(self) -> list[dict[str, Any]]:
         text = self.sidecar_log.read_text()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
