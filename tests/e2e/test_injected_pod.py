@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from expiry.names import RUN_DIR, SIDECAR_CONTAINER
+from tests.support.injected import container, resolve_env
 from tests.support.pod import Pod, can_make_pods
 from tests.support.sidecar import SIDECAR, WORKER, Metrics, as_user, wait_for
 
@@ -63,27 +64,6 @@ def pod_with_volume(tmp_path: Path) -> Iterator[Pod]:
     made = Pod(tmp_path, volumes=[RUN_DIR])
     yield made
     made.close()
-
-
-def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    spec = pod["spec"]
-    found: dict[str, Any] = next(
-        c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name
-    )
-    return found
-
-
-def resolve_env(pod: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, str]:
-    """What the kubelet would put in the environment (values and downward-API metadata fields)."""
-    resolved = {}
-    for var in env:
-        if "value" in var:
-            resolved[var["name"]] = var["value"]
-        else:
-            field = var["valueFrom"]["fieldRef"]["fieldPath"]
-            assert field.startswith("metadata."), field
-            resolved[var["name"]] = pod["metadata"][field.removeprefix("metadata.")]
-    return resolved
 
 
 def test_the_injected_sidecar_kills_the_injected_trainer(

@@ -187,6 +187,10 @@ INJECTED_CASES = {
     "image-user": ROOT_IMAGE_DEFAULT,
     "clashes": USER_VOLUME_AND_PORT_CLASH,
     "env-preset": TIMER_ENV_ALREADY_SET,
+    "torch-file-timer-off": pod(  # only "1" starts torch's server (torchrun's own test)
+        "ddp-0",
+        {"containers": [trainer(env=[{"name": "TORCHELASTIC_ENABLE_FILE_TIMER", "value": "0"}])]},
+    ),
     "stack-dumps-client": pod(
         "dumps", copy.deepcopy(RESTRICTED_POD["spec"]), {"expiry.io/stack-dumps": "client"}
     ),
@@ -271,6 +275,13 @@ DENIED_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "timer-env-elsewhere": (
         _with(JOBSET_POD, containers=[trainer(env=[{"name": "TORCHELASTIC_TIMER_FILE", "value": "/tmp/f"}])]),
         ("TORCHELASTIC_TIMER_FILE",),
+    ),
+    "torch-file-timer-server": (
+        _with(
+            PYTORCHJOB_WORKER,
+            containers=[trainer(env=[{"name": "TORCHELASTIC_ENABLE_FILE_TIMER", "value": "1"}])],
+        ),
+        ("container trainer", "TORCHELASTIC_ENABLE_FILE_TIMER=1", "FileTimerServer", "Remove the variable"),
     ),
     "mount-at-run-dir": (
         _with(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from tests.support.sidecar import SIDECAR, WORKER, Metrics
 EXAMPLE = Path(__file__).parents[2] / "examples" / "stuck_trainer.py"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SIDECAR, "run", *args], capture_output=True, text=True, timeout=60, check=False)
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SIDECAR, "run", *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
 
 
 def test_the_command_s_exit_status_is_returned() -> None:
@@ -53,3 +56,14 @@ def test_without_a_command_it_says_how_to_call_it() -> None:
     done = run()
     assert done.returncode == 2
     assert "run needs a command" in done.stderr
+
+
+def test_torchrun_s_own_file_timer_is_refused_before_the_command_starts(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    command = ["--", sys.executable, "-c", f"open({str(started)!r}, 'w')"]
+    done = run(*command, env={**os.environ, "TORCHELASTIC_ENABLE_FILE_TIMER": "1"})
+    assert done.returncode == 2
+    assert "TORCHELASTIC_ENABLE_FILE_TIMER=1 is set" in done.stderr and "Unset it" in done.stderr
+    assert not started.exists()
+    assert run(*command, env={**os.environ, "TORCHELASTIC_ENABLE_FILE_TIMER": "0"}).returncode == 0
+    assert started.exists()

@@ -17,6 +17,7 @@ can follow it. Actions:
             them all, print "released", wait for another line
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
+  torch-blocks  torch's own expires/FileTimerClient: run --count blocks of --after seconds; print "done N"
 """
 
 from __future__ import annotations
@@ -123,12 +124,18 @@ def main() -> None:
         with expires(after=3600, scope="long"), expires(after=args.after, scope="short"):
             say("armed")
             hang()
-    elif args.action == "torch":
+    elif args.action in ("torch", "torch-blocks"):
         from torch.distributed.elastic.timer import FileTimerClient as TorchClient
         from torch.distributed.elastic.timer import configure
         from torch.distributed.elastic.timer import expires as torch_expires
 
         configure(TorchClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
+        if args.action == "torch-blocks":
+            for _ in range(args.count):
+                with torch_expires(after=args.after):
+                    pass
+            say("done", args.count)
+            return
         with torch_expires(after=args.after):
             say("armed")
             hang()

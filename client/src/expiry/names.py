@@ -8,6 +8,11 @@ from typing import Final
 TIMER_FILE_ENV: Final = "TORCHELASTIC_TIMER_FILE"
 """torch's own variable, so code written for torchrun's timer finds the FIFO unchanged."""
 
+TORCH_FILE_TIMER_ENV: Final = "TORCHELASTIC_ENABLE_FILE_TIMER"
+"""``1`` makes torchrun's agent run torch's own FileTimerServer on ``TORCHELASTIC_TIMER_FILE``: a
+second server on the sidecar's FIFO. The operator denies it, ``expiry-sidecar run`` refuses it, and
+the sidecar reports a process that does it anyway (see docs/torchrun.md)."""
+
 RUN_DIR: Final = "/var/run/expiry"
 FIFO_PATH: Final = f"{RUN_DIR}/timer.fifo"
 STATE_PATH: Final = f"{RUN_DIR}/sidecar-state.json"

@@ -20,11 +20,9 @@ import threading
 from collections.abc import Iterator
 
 from expiry import dumps, procstat
+from expiry.names import TORCH_FILE_TIMER_ENV
 from expiry.pipe import PipeWriter
 from expiry.wire import Request, encode
-
-TORCH_SERVER_ENV = "TORCHELASTIC_ENABLE_FILE_TIMER"
-"""Set by torchrun's elastic agent when it runs its own FileTimerServer for the workers."""
 
 
 class FileTimerClient:
@@ -40,7 +38,7 @@ class FileTimerClient:
         """``keep_open`` (default: True unless ``TORCHELASTIC_ENABLE_FILE_TIMER`` is set, i.e. the
         server is torchrun's own FileTimerServer) keeps the FIFO open between requests."""
         if keep_open is None:
-            keep_open = not os.environ.get(TORCH_SERVER_ENV)
+            keep_open = not os.environ.get(TORCH_FILE_TIMER_ENV)
         self._file_path = file_path
         self.signal = int(signal)
         self._pipe = PipeWriter(

@@ -147,6 +147,7 @@ def _injection(
     for index, trainer in trainers:
         path = f"/spec/containers/{index}"
         env = _missing_env(trainer, _trainer_env(options))
+        _check_no_torch_timer_server(trainer)
         _check_run_dir_free(trainer)
         _append(ops, path, trainer, "env", [{"name": name, "value": value} for name, value in env])
         _append(ops, path, trainer, "volumeMounts", [{"name": plan.volume, "mountPath": names.RUN_DIR}])
@@ -338,6 +339,25 @@ def _missing_env(container: Mapping[str, Any], wanted: list[tuple[str, str]]) ->
             continue
         missing.append((name, value))
     return missing
+
+
+def _check_no_torch_timer_server(container: Mapping[str, Any]) -> None:
+    """Deny ``TORCHELASTIC_ENABLE_FILE_TIMER=1``: torchrun would serve the sidecar's FIFO itself.
+
+    With it, torchrun's agent starts torch's own FileTimerServer on ``TORCHELASTIC_TIMER_FILE``,
+    deleting and recreating the FIFO at every restart. Denying says why at once; quietly dropping
+    the variable would leave a manifest that means something else than it says. (A value read from
+    a ConfigMap or set in a launch script is not seen here: the sidecar reports that reader.)
+    """
+    for item in container.get("env") or []:
+        if item.get("name") == names.TORCH_FILE_TIMER_ENV and item.get("value") == "1":
+            raise _Deny(
+                f"container {container['name']} sets {names.TORCH_FILE_TIMER_ENV}=1, which makes torchrun "
+                f"start torch's own FileTimerServer on the expiry sidecar's FIFO ({names.TIMER_FILE_ENV}): "
+                "two timer servers would split the workers' requests. Remove the variable: the sidecar "
+                "is the timer server, and torch's expires/FileTimerClient work with it unchanged.",
+                BAD_REQUEST,
+            )
 
 
 def _check_run_dir_free(container: Mapping[str, Any]) -> None:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
-from expiry_sidecar import alone, kills
+from expiry_sidecar import alone, kills, rivals
 from expiry_sidecar.apiwriter import ApiWriter, PodRef
 from expiry_sidecar.condition import PodCondition
 from expiry_sidecar.events import EventRecorder
-from expiry_sidecar.fifo import FifoReader
+from expiry_sidecar.fifo import FifoReader, NameWatch, fifo_at, wake_readers
 from expiry_sidecar.http import HttpEndpoint, Probes
 from expiry_sidecar.killer import KillPool
 from expiry_sidecar.loop import ServeLoop
@@ -27,7 +27,14 @@ from expiry_sidecar.state import JournaledBook, StateFile
 log = logging.getLogger("expiry.sidecar")
 
 FIFO_CHECK_INTERVAL = 5.0
-"""Seconds between checks that the FIFO is still there (one cheap stat)."""
+"""Seconds between checks that the FIFO is still there (one cheap stat), besides inotify's word."""
+SETTLE = 0.2
+"""Seconds between inotify's word that the FIFO's name changed and the check: a server that deletes
+and remakes the file (torch's FileTimerServer) has made its FIFO by then, and opened it."""
+RIVAL_CHECK_INTERVAL = 5.0
+"""Seconds between scans for other readers of the FIFO (see rivals)."""
+COMPETING_READER = "CompetingTimerServer"
+"""The reason of the Event about another process reading the FIFO."""
 
 
 @dataclass
@@ -110,7 +117,11 @@ class Sidecar:
             if options.metrics_port
             else None
         )
+        self.rivals = rivals.RivalWatch(self.loop.reader.inode, on_new=self._rival)
+        self.registry.register(rivals.RivalGauge(self.rivals))
         self.loop.periodic.append((FIFO_CHECK_INTERVAL, self._check_fifo))
+        self._check_pending = False
+        self.name_watch = self._watch_name()
         if options.exit_when_alone:
             watch = alone.Solitude(
                 on_alone=self.loop.stop,
@@ -129,19 +140,62 @@ class Sidecar:
         self.server.restore(saved)
         book.snapshot()
 
+    def _watch_name(self) -> NameWatch | None:
+        """inotify on the FIFO's name, so a replacement is undone at once (else: every 5 s)."""
+        try:
+            watch = NameWatch(self.options.fifo)
+        except OSError as exc:
+            log.warning(
+                "cannot watch the FIFO's name with inotify (%s); checking it every %gs",
+                exc,
+                FIFO_CHECK_INTERVAL,
+            )
+            return None
+
+        def on_change() -> None:
+            if watch.changed() and not self._check_pending:
+                self._check_pending = True
+                self.loop.call_later(SETTLE, self._check_fifo)
+
+        self.loop.watch_fd(watch.fd, on_change, once=False)
+        return watch
+
     def _check_fifo(self) -> None:
-        """Recreate the FIFO if someone deleted or replaced it: new clients could not find us.
+        """Put a FIFO of our own back if someone deleted or replaced ours: clients must find us, and only us.
 
         Clients still holding the old pipe get EPIPE on their next write once it is closed, and
-        reconnect to the new one, re-arming their timers (see expiry.pipe).
+        reconnect to the new one, re-arming their timers (see expiry.pipe). A FIFO put in our place
+        is another timer server's (torch's FileTimerServer removes and recreates the file): it is
+        replaced too, so no worker writes to it, and its readers are named (see rivals).
         """
+        self._check_pending = False
         if self.loop.reader.still_linked():
             return
-        log.warning("the FIFO was deleted or replaced; recreating it", extra={"fifo": str(self.options.fifo)})
-        old = self.loop.replace_reader(FifoReader(self.options.fifo))
+        path = self.options.fifo
+        foreign = fifo_at(path)
+        if foreign is not None:
+            self.rivals.suspect(foreign)
+            wake_readers(path)
+        log.warning(
+            "the FIFO was %s; recreating it",
+            "replaced by another FIFO" if foreign else "deleted",
+            extra={"fifo": str(path)},
+        )
+        self._take_path()
+        if foreign is not None:  # once the woken reader has its descriptor
+            self.rivals.soon()
+
+    def _take_path(self) -> None:
+        """Read a new FIFO of our own at the path from now on; drain and close the old one."""
+        old = self.loop.replace_reader(FifoReader(self.options.fifo, claim=True))
+        self.rivals.own_fifo = self.loop.reader.inode
         while chunk := old.read():
             self.server.receive(chunk)
         old.close()
+
+    def _rival(self, reader: rivals.Reader) -> None:
+        if self.events:
+            self.events.notice(COMPETING_READER, rivals.event_note(reader))
 
     def _state_error(self) -> None:
         self.server.stats.state_errors += 1
@@ -151,6 +205,7 @@ class Sidecar:
         self.probes.loop_thread = threading.current_thread()
         if self.http:
             self.http.start()
+        self.rivals.start(RIVAL_CHECK_INTERVAL, settle=SETTLE)
         log.info(
             "serving",
             extra={
@@ -176,6 +231,9 @@ class Sidecar:
         return status
 
     def close(self) -> None:
+        self.rivals.stop()
+        if self.name_watch:
+            self.name_watch.close()
         with self.server.lock:  # the kills under way finish (each is bounded) and are counted
             self.kills.close(self.server.killed)
         if self.writer:

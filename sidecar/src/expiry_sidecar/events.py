@@ -150,6 +150,27 @@ def burst_note(reports: Sequence[KillReport]) -> str:
     return note.encode()[:MAX_NOTE].decode(errors="ignore")
 
 
+def notice_event(pod: PodRef, reason: str, note: str, now: datetime) -> Body:
+    """A Warning Event on the pod about something other than a kill (e.g. a competing timer server)."""
+    regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
+    if pod.uid:
+        regarding["uid"] = pod.uid
+    suffix = f".{int(now.timestamp() * 1e6):x}"
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
+        "eventTime": micro_time(now),
+        "regarding": regarding,
+        "type": "Warning",
+        "reason": reason,
+        "action": "Detect",
+        "note": note.encode()[:MAX_NOTE].decode(errors="ignore"),
+        "reportingController": REPORTING_CONTROLLER,
+        "reportingInstance": pod.name[:MAX_INSTANCE],
+    }
+
+
 def kill_message(report: KillReport) -> str:
     worker, sig = report.worker, signal_name(report.signal)
     who = f"pid {worker.pid} ({_cut(worker.cmdline) or 'command line unknown'})"
@@ -233,6 +254,24 @@ class EventRecorder(Listener):
             WHAT, PERMISSION, lambda client: self._write(client, burst), delay=BURST_WINDOW
         )
         written.add_done_callback(lambda future: self._done(future, burst))
+
+    def notice(self, reason: str, note: str) -> None:
+        """Record an Event that is not about a kill, through the same writer (never blocks)."""
+
+        def write(client: Client) -> int:
+            pod = self._settle_uid(client)
+            event = notice_event(pod, reason, note, datetime.fromtimestamp(self._clock(), UTC))
+            client.request("POST", EVENTS_PATH.format(namespace=pod.namespace), event)
+            return 1
+
+        self._writer.submit(WHAT, PERMISSION, write).add_done_callback(self._counted)
+
+    def _counted(self, future: Future[int]) -> None:
+        with self._lock:
+            if future.exception() is None:
+                self.results["recorded"] += future.result()
+            else:
+                self.results["failed"] += 1
 
     def _done(self, future: Future[int], burst: list[tuple[KillReport, Ranks]]) -> None:
         with self._lock:

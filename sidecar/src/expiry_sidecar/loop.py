@@ -13,6 +13,7 @@ import logging
 import os
 import selectors
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +27,9 @@ MAX_READS_PER_TURN = 16
 
 
 @dataclass(frozen=True)
-class _Once:
-    callback: Callable[[], None]
+class _FdWatch:
+    on_ready: Callable[[], None]
+    once: bool
 
 
 class ServeLoop:
@@ -41,6 +43,8 @@ class ServeLoop:
         self._stop_status = 0
         self.periodic: list[tuple[float, Callable[[], None]]] = []
         """(interval, check) pairs run every ``interval`` seconds; only optional features use them."""
+        self._later: list[tuple[float, Callable[[], None]]] = []
+        """(monotonic time, call) pairs: one-off calls (see ``call_later``)."""
         self.on_exit: dict[int, Callable[[], None]] = {}
         """Extra pidfds to watch (e.g. the command in local mode) -> what to do when they turn readable."""
 
@@ -60,8 +64,13 @@ class ServeLoop:
             self._selector.unregister(worker.pidfd)
 
     def watch_fd(self, fd: int, on_ready: Callable[[], None], *, once: bool = True) -> None:
-        """Call ``on_ready`` when ``fd`` turns readable: the first time only, or every time."""
-        self._selector.register(fd, selectors.EVENT_READ, _Once(on_ready) if once else on_ready)
+        """Call ``on_ready`` when ``fd`` turns readable: the first time only (e.g. the pidfd of the
+        command in local mode), or, with ``once=False``, every time (``on_ready`` must drain it)."""
+        self._selector.register(fd, selectors.EVENT_READ, _FdWatch(on_ready, once))
+
+    def call_later(self, delay: float, call: Callable[[], None]) -> None:
+        """Call ``call`` once, on the loop, ``delay`` seconds from now (only from the loop's thread)."""
+        self._later.append((time.monotonic() + delay, call))
 
     def stop(self, status: int = 0) -> None:
         """Ask the loop to end after this turn (safe from signal handlers)."""
@@ -87,6 +96,7 @@ class ServeLoop:
                         next_periodic[check] = now + interval
                     wait = next_periodic[check] - now
                     timeout = wait if timeout is None else min(timeout, wait)
+                timeout = self._run_due_calls(timeout)
             events = self._selector.select(timeout)
             with server.lock:  # one turn: readers in other threads (scrapes) see it whole
                 for key, _ in events:
@@ -94,6 +104,17 @@ class ServeLoop:
                 server.expire_due()
                 server.book.flush()
         return self._stop_status
+
+    def _run_due_calls(self, timeout: float | None) -> float | None:
+        """Run the one-off calls that are due; returns ``timeout`` shortened to the next one's time."""
+        now = time.monotonic()
+        due = [call for when, call in self._later if when <= now]
+        self._later = [(when, call) for when, call in self._later if when > now]
+        for call in due:
+            call()
+        for when, _ in self._later:
+            timeout = when - now if timeout is None else min(timeout, when - now)
+        return timeout
 
     def _dispatch(self, server: TimerServer, key: selectors.SelectorKey) -> None:
         if key.fd == self.reader.fd:
@@ -111,11 +132,10 @@ class ServeLoop:
                     break
         elif isinstance(key.data, Worker):
             server.worker_exited(key.data.pid)
-        elif isinstance(key.data, _Once):
-            self._selector.unregister(key.fd)
-            key.data.callback()
-        else:
-            key.data()
+        elif isinstance(key.data, _FdWatch):
+            if key.data.once:
+                self._selector.unregister(key.fd)
+            key.data.on_ready()
 
     def close(self) -> None:
         self._selector.close()
