@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from expiry.names import DUMP_DIR_ENV, ENABLED_ANNOTATION, POD_NAME_ENV, POD_NAMESPACE_ENV
-from tests.operator.operator_harness import KubeApi, OperatorProcess, make_tls
+from tests.operator.operator_harness import KubeApi, OperatorProcess, kill, make_tls
 from tests.support.pod import Pod
 from tests.support.sidecar import Metrics, Sidecar, Worker, wait_for
 
@@ -332,7 +332,9 @@ def sidecar_scrapes(
         dumps = tmp_path / "dumps"
         monkeypatch.setenv(DUMP_DIR_ENV, str(dumps))  # the trainers' side of stack dumps
         state = tmp_path / "state.json"
-        server = sidecar("--events", "--stack-dumps", str(dumps), "--state-file", str(state))
+        server = sidecar(
+            "--events", "--pod-condition", "--stack-dumps", str(dumps), "--state-file", str(state)
+        )
         holder = Worker(pod, server.fifo, "hang", "--after", "3600")
         holder.expect("armed")
         before = server.wait_metric("expiry_timers_active", 1)
@@ -357,10 +359,12 @@ def annotated_pod(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def operator_scrapes(tmp_path: Path) -> Scrapes:
-    """The real operator (against kmock) at start, and after it injected a pod and found one unprotected."""
+    """The real operator (against kmock) at start, and after it injected a pod, found one unprotected
+    and reported a hang from a sidecar's kill Event."""
+    hangs = {"hangReports": {"window": 0.5, "maxSpan": 5}}
     with (
         KubeApi() as api,
-        OperatorProcess(api, make_tls(tmp_path / "tls"), tmp_path / "operator") as operator,
+        OperatorProcess(api, make_tls(tmp_path / "tls"), tmp_path / "operator", config=hangs) as operator,
     ):
         before = Metrics(operator.metrics())
         assert operator.admit(annotated_pod("injected"))["response"]["allowed"]
@@ -368,6 +372,14 @@ def operator_scrapes(tmp_path: Path) -> Scrapes:
         wait_for(
             lambda: Metrics(operator.metrics())("expiry_unprotected_pods", namespace="team-a") == 1,
             what="the operator to count the unprotected pod",
+        )
+        api.post_kill_event(annotated_pod("created-while-the-webhook-was-down"), [kill(0, "train.py:88", [])])
+        wait_for(
+            lambda: (
+                Metrics(operator.metrics())("expiry_hang_incidents_total", namespace="team-a", kind="Pod")
+                == 1
+            ),
+            what="the operator to report the hang",
         )
         after = Metrics(operator.metrics())
     assert after("expiry_admissions_total", result="injected") == 1
