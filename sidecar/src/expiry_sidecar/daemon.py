@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import alone
+from expiry_sidecar.advice import document
+from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.events import EventRecorder, PodRef
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.http import HttpEndpoint, Probes
@@ -42,6 +45,15 @@ class Options:
     """Record a Kubernetes Event on the pod per kill."""
     stack_dumps: Path | None = None
     """Capture a stuck worker's stack into this directory before killing it."""
+    mode: str = "enforce"
+    """``enforce`` or ``observe`` (report every expiry, signal nothing)."""
+    deadlines: str = REQUESTED
+    adaptive_factor: float = 5.0
+    adaptive_min_samples: int = 20
+    adaptive_floor: float = 60.0
+
+    def policy(self) -> Policy:
+        return Policy(self.deadlines, self.adaptive_factor, self.adaptive_min_samples, self.adaptive_floor)
 
 
 class KillLog(Listener):
@@ -54,6 +66,7 @@ class KillLog(Listener):
             "outcome": report.outcome.value,
             "late_seconds": round(report.lateness, 6),
             "escalation": report.escalation,
+            "rule": report.rule,
             "cmdline": worker.cmdline,
         }
         log.warning(
@@ -75,6 +88,7 @@ class Sidecar:
             listeners=[KillLog(), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
+            deadlines=Deadlines(options.policy()),
         )
         if options.state_file is not None:
             self._take_over(options.state_file)
@@ -85,7 +99,13 @@ class Sidecar:
             self.registry.register(event_counter(self.events.results))
         self.probes = Probes()
         self.http = (
-            HttpEndpoint(options.metrics_host, options.metrics_port, self.registry, self.probes)
+            HttpEndpoint(
+                options.metrics_host,
+                options.metrics_port,
+                self.registry,
+                self.probes,
+                {"/blocks": self._blocks_document},
+            )
             if options.metrics_port
             else None
         )
@@ -102,8 +122,11 @@ class Sidecar:
         """Journal timers to ``path``, first re-arming what a previous sidecar left there."""
         state = StateFile(path)
         saved = state.load()
+        state.load_blocks(self.server.deadlines.stats)  # before the timers: they keep what was learned
         self.server.stats.state_errors = state.errors
-        book = JournaledBook(state, self.server.starttime_of, on_error=self._state_error)
+        book = JournaledBook(
+            state, self.server.starttime_of, on_error=self._state_error, blocks=self.server.deadlines.stats
+        )
         self.server.book = book
         self.server.restore(saved)
         book.snapshot()
@@ -121,6 +144,11 @@ class Sidecar:
         while chunk := old.read():
             self.server.receive(chunk)
         old.close()
+
+    def _blocks_document(self) -> bytes:
+        with self.server.lock:  # the loop thread changes what is read here
+            doc = document(self.server.deadlines)
+        return json.dumps(doc).encode()
 
     def _state_error(self) -> None:
         self.server.stats.state_errors += 1

@@ -4,10 +4,12 @@ The rules, in the order a request meets them:
 
 1. The byte stream is cut into lines; each line that is not a valid version-1 request is counted
    as malformed and skipped; the lines around it are unaffected.
-2. A release disarms its (pid, scope). Releasing what is not armed is harmless.
+2. A release disarms its (pid, scope) and its block's duration is learned (see :mod:`.deadlines`).
+   Releasing what is not armed is harmless.
 3. An acquire first attaches to its worker (see :mod:`.processes`): a request whose writer is
    already gone, or whose pid now belongs to another process, arms nothing. Its wall-clock
-   expiration time becomes a monotonic deadline on arrival; re-acquiring a scope replaces it.
+   expiration time becomes a monotonic deadline on arrival, which the deadline policy may lower;
+   re-acquiring a scope replaces it.
 4. When a deadline passes the timer expires. With a signal <= 0 that is all. Otherwise the worker
    gets the signal (``kill_signal`` overrides the client's choice) unless it is protected, and all
    of its timers are cleared: a worker is killed once, however many of its timers expired.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 
 from expiry.wire import MalformedRequest, Request, decode
 from expiry_sidecar import kills, processes
+from expiry_sidecar.deadlines import Deadlines
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.processes import NotAttached, Worker
 from expiry_sidecar.state import SavedTimer
@@ -77,6 +80,8 @@ class KillReport:
     lateness: float
     """Seconds from the deadline to the signal (to the refusal, when refused)."""
     escalation: bool = False
+    rule: str = "requested"
+    """Which deadline fired and why (deadlines.Policy.explain)."""
 
 
 class Listener:
@@ -116,6 +121,7 @@ class TimerServer:
         on_unwatch: Callable[[Worker], None] = lambda worker: None,
         book: TimerBook | None = None,
         scope_metrics: bool = False,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.kill_signal = kill_signal
         self.escalate_after = escalate_after
@@ -123,6 +129,7 @@ class TimerServer:
         self.listeners = list(listeners)
         self.clock = clock or Clock()
         self.book = book if book is not None else TimerBook()
+        self.deadlines = deadlines or Deadlines()
         self.workers: dict[int, Worker] = {}
         self.stats = Stats()
         self._attach = attach
@@ -165,7 +172,9 @@ class TimerServer:
     def apply(self, request: Request, mono: float, wall: float) -> None:
         if request.expiration_time < 0:  # a release (Request.is_release, without a call per request)
             self.stats.releases += 1
-            self.book.release(request.pid, request.scope_id)
+            block = self.book.release(request.pid, request.scope_id)
+            if block is not None:
+                self.deadlines.completed(block.scope_id, block.armed_at, block.requested, block.learned, mono)
             return
         self.stats.acquires += 1
         worker = self._worker(request.pid, request.starttime)
@@ -173,8 +182,18 @@ class TimerServer:
             return
         if request.dump_signal is not None:
             worker.dump_signal = request.dump_signal
-        deadline = mono + (request.expiration_time - wall)
-        self.book.arm(request.pid, request.scope_id, deadline, request.signal)
+        requested = mono + (request.expiration_time - wall)
+        learned = self.deadlines.learned(request.scope_id)
+        deadline = self.deadlines.policy.effective(mono, requested, learned)
+        self.book.arm(
+            request.pid,
+            request.scope_id,
+            deadline,
+            request.signal,
+            armed_at=mono,
+            requested=requested,
+            learned=learned,
+        )
 
     def _worker(self, pid: int, claimed_starttime: int | None) -> Worker | None:
         worker = self.workers.get(pid)
@@ -205,7 +224,16 @@ class TimerServer:
                     continue
                 self.workers[timer.pid] = worker
                 self._on_watch(worker)
-            self.book.arm(timer.pid, timer.scope_id, timer.deadline, timer.signal)
+            learned = self.deadlines.learned(timer.scope_id)
+            self.book.arm(
+                timer.pid,
+                timer.scope_id,
+                timer.deadline,
+                timer.signal,
+                armed_at=timer.armed_at,
+                requested=timer.requested,
+                learned=learned,
+            )
             self.stats.restored += 1
         if self.stats.restored or self.stats.restore_dropped:
             log.info(
@@ -261,8 +289,9 @@ class TimerServer:
         for listener in self.listeners:
             listener.before_kill(worker, timer)
         outcome = self._send(worker, sig)
+        rule = self.deadlines.policy.explain(timer.armed_at, timer.requested, timer.learned)
         report = KillReport(
-            worker, timer.scope_id, sig, outcome, self.clock.monotonic() - timer.deadline, escalation
+            worker, timer.scope_id, sig, outcome, self.clock.monotonic() - timer.deadline, escalation, rule
         )
         self.book.forget(worker.pid)
         if outcome is kills.Outcome.DELIVERED:
