@@ -97,13 +97,13 @@ class Deadlines:
             return
         seconds = max(0.0, now - armed_at)
         limit = self.policy.limit(learned)
-        if limit is not None and seconds > limit and armed_at + limit < requested:
+        if limit is not None and seconds > limit:  # (a limit past the requested one: killed before)
             self.stats.over_adaptive += 1
         self.stats.record(scope_id, seconds, max(0.0, requested - armed_at))
 
 
 def _g(value: float) -> str:
-    return f"{value:.3g}" if value < 1e4 else f"{value:,.0f}"
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
 
 def _s(seconds: float) -> str:
