@@ -117,7 +117,8 @@ def render(rows: list[Advice], policy: Policy, doc: dict[str, Any]) -> Iterator[
         first = doc["max_scopes"]
         yield f"{pooled:,} blocks of scopes beyond the first {first} were pooled: no advice for them"
     over = doc["blocks_over_adaptive_deadline"]
-    yield f"blocks that finished after running past their adaptive deadline: {over:,}"
+    if over is not None:
+        yield f"blocks that finished after running past their adaptive deadline: {over:,}"
 
 
 def _short(scope: str) -> str:

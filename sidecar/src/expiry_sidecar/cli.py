@@ -213,6 +213,7 @@ def advise_command(args: argparse.Namespace) -> int:
         base = Policy()
         doc = advice.document(Deadlines(base, stats))
         doc["policy"]["deadlines"] = "(unknown: read from a state file)"
+        doc["blocks_over_adaptive_deadline"] = None  # a counter: not kept in the file
     policy = Policy(
         REQUESTED,
         base.factor if args.adaptive_factor is None else args.adaptive_factor,

@@ -139,7 +139,8 @@ def _block_durations(blocks: BlockStats, by_scope: bool) -> HistogramMetricFamil
     )
     for labels, stats in series:
         buckets = [
-            (f"{bound:g}", float(n)) for bound, n in zip(PROMETHEUS_BOUNDS, stats.cumulative(), strict=True)
+            (repr(round(bound, 6)), float(n))
+            for bound, n in zip(PROMETHEUS_BOUNDS, stats.cumulative(), strict=True)
         ]
         family.add_metric(labels, [*buckets, ("+Inf", float(stats.count))], stats.total)
     return family
