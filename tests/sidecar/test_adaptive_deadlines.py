@@ -28,11 +28,12 @@ RULE = re.compile(r"adaptive: (\S+) x (\S+) s longest of (\d+) blocks; requested
 
 
 def killed_after(worker: Worker) -> float:
-    """Seconds from the worker's "armed" to its death by SIGKILL."""
-    worker.expect("armed")
-    armed_at = time.monotonic()
+    """Seconds from just before the worker armed its block to its death by SIGKILL as seen here: at
+    least the time the sidecar let it live (CLOCK_MONOTONIC is one clock for the whole machine)."""
+    said, armed_at = worker.readline().split()
+    assert said == "armed"
     assert worker.wait() == -signal.SIGKILL
-    return time.monotonic() - armed_at
+    return time.monotonic() - float(armed_at)
 
 
 def kill_rule(server: Sidecar) -> str:
@@ -72,7 +73,7 @@ def test_a_learned_scope_hang_is_killed_at_factor_times_its_longest_block(
     factor, longest, count, requested = float(match[1]), float(match[2]), int(match[3]), float(match[4])
     assert (factor, count, requested) == (5.0, 5, 3600.0)
     assert 0.1 <= longest < 0.6, "the longest block is the worker's 0.1 s step, give or take a loaded machine"
-    assert elapsed >= 5 * longest - 0.05, "killed before 5 x the longest block"
+    assert elapsed >= 5 * longest * 0.99, "killed before 5 x the longest block"
     assert elapsed < 5 * longest + 3.0, "not killed at 5 x the longest block"
     metrics = server.metrics()
     assert metrics("expiry_kills_total", signal="SIGKILL") == 1
@@ -97,7 +98,7 @@ def test_before_warm_up_the_requested_deadline_holds(pod: Pod, sidecar: StartSid
     server = sidecar(*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.05")
     worker = Worker(pod, server.fifo, "steps", "--count", "4", "--step", "0.01", "--after", "1.5", "--hang")
     worker.expect("done 4")
-    assert killed_after(worker) >= 1.5 - 0.05, "adaptive fired before the scope had 5 blocks"
+    assert killed_after(worker) >= 1.5, "adaptive fired before the scope had 5 blocks"
     assert kill_rule(server) == "requested 1.5 s (adaptive warming up: 4 of 5 blocks)"
 
 
@@ -106,7 +107,7 @@ def test_the_floor_holds_for_quick_blocks(pod: Pod, sidecar: StartSidecar) -> No
     worker = Worker(pod, server.fifo, "steps", "--count", "5", "--step", "0.01", "--after", "3600", "--hang")
     worker.expect("done 5")
     elapsed = killed_after(worker)
-    assert 0.8 - 0.05 <= elapsed < 3.0
+    assert 0.8 <= elapsed < 3.0
     assert kill_rule(server).startswith("adaptive: floor 0.8 s (5 x ")
 
 
@@ -115,7 +116,7 @@ def test_the_requested_deadline_stays_the_upper_bound(pod: Pod, sidecar: StartSi
     worker = Worker(pod, server.fifo, "steps", "--count", "5", "--step", "0.1", "--after", "0.6", "--hang")
     worker.expect("done 5")
     elapsed = killed_after(worker)
-    assert 0.6 - 0.05 <= elapsed < 4.0, "50 x 0.1 s = 5 s is later than the 0.6 s requested"
+    assert 0.6 <= elapsed < 4.0, "50 x 0.1 s = 5 s is later than the 0.6 s requested"
     assert kill_rule(server).startswith("requested 0.6 s (adaptive: 50 x ")
 
 
@@ -176,7 +177,7 @@ def test_a_sigkilled_sidecar_keeps_what_it_learned(pod: Pod, sidecar: StartSidec
     elapsed = killed_after(hang)
     match = RULE.fullmatch(kill_rule(second))
     assert match and int(match[3]) == 5, kill_rule(second)
-    assert 5 * float(match[2]) - 0.05 <= elapsed < 5 * float(match[2]) + 3.0
+    assert 5 * float(match[2]) * 0.99 <= elapsed < 5 * float(match[2]) + 3.0
 
 
 def test_blocks_is_json_per_scope(pod: Pod, sidecar: StartSidecar) -> None:

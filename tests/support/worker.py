@@ -17,8 +17,9 @@ can follow it. Actions:
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
   steps     blocks of --after seconds in one scope, each busy --step seconds (--count of them) or
-            the --durations given (comma-separated); print "done N"; then with --hang, print "armed"
-            and hang in one more block of that scope. --client torch: torch's expires and client
+            the --durations given (comma-separated); print "done N"; then with --hang, print "armed T"
+            (T: CLOCK_MONOTONIC before the acquire) and hang in one more block of that scope.
+            --client torch: torch's expires and FileTimerClient
 """
 
 from __future__ import annotations
@@ -162,9 +163,10 @@ def steps(args: argparse.Namespace) -> None:
             say("done", len(durations))
             if not args.hang:
                 return
+        before = time.monotonic()
         with block(args.after):
             if duration is None:
-                say("armed")
+                say("armed", before)
                 hang()
             else:
                 time.sleep(duration)
