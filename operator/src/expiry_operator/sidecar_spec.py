@@ -78,6 +78,10 @@ def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
     args += ["--state-file", names.STATE_PATH, "--escalate-after", _number(options.escalate_after)]
     if options.kill_signal:
         args += ["--kill-signal", options.kill_signal]
+    args += ["--mode", options.mode, "--deadlines", options.deadlines]
+    args += ["--adaptive-factor", _number(options.adaptive_factor)]
+    args += ["--adaptive-min-samples", str(options.adaptive_min_samples)]
+    args += ["--adaptive-floor", _number(options.adaptive_floor)]
     if plan.exit_when_alone:
         args.append("--exit-when-alone")
     if options.events:
