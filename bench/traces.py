@@ -73,7 +73,7 @@ def all_traces(steps: int) -> list[Trace]:
     return [
         make("steady steps", steps, compile_first=False, spikes="none", hang_in="step"),
         make("compile on the first step", steps, compile_first=True, spikes="none", hang_in="step"),
-        make("checkpoint/eval inside the step", steps, compile_first=True, spikes="same", hang_in="step"),
+        make("checkpoint/eval inside the step", steps, compile_first=False, spikes="same", hang_in="step"),
         make("checkpoint/eval in own scopes", steps, compile_first=True, spikes="own", hang_in="step"),
         make("hang in a checkpoint", steps, compile_first=True, spikes="own", hang_in="checkpoint"),
     ]
