@@ -16,7 +16,8 @@ Each trace of :mod:`bench.traces` (training seconds) is replayed time-scaled (1 
 A worker killed in a healthy block is a false kill: it is counted and the worker restarted at the
 next block (as an elastic agent would, without the lost progress). The hang's delay is from its
 acquire to the worker's death seen here, in training seconds, and as a multiple of the longest
-healthy block of the hang's scope.
+healthy block of the hang's scope as the rule sees scopes (one stream without its first interval,
+for nvidia-resiliency-ext's).
 """
 
 from __future__ import annotations
@@ -153,6 +154,12 @@ def _wait_ready(port: int) -> None:
     raise TimeoutError("the sidecar never became ready")
 
 
+def longest(trace: Trace, rule: Rule) -> float:
+    """The longest healthy block of the hang's scope, as ``rule`` sees scopes."""
+    seen = as_one_stream(trace) if rule.one_stream else trace
+    return seen.longest_healthy(seen.hang.scope)
+
+
 def measure(traces: list[Trace], scale: float, workdir: Path) -> dict[tuple[str, str], Outcome]:
     results = {}
     for trace in traces:
@@ -165,21 +172,19 @@ def cell(outcome: Outcome, longest: float) -> str:
     if outcome.delay is None:
         text = "never killed"
     else:
-        text = f"{_seconds(outcome.delay)} ({outcome.delay / longest:.3g}x)"
+        text = f"{_seconds(outcome.delay)} ({outcome.delay / longest:.3g}x longest)"
     if outcome.false_kills:
         text += f", **{outcome.false_kills} false kill{'s' if outcome.false_kills > 1 else ''}**"
     return text
 
 
 def table(traces: list[Trace], results: dict[tuple[str, str], Outcome]) -> str:
-    header = ["trace (hang in)", "longest healthy block", *(rule.name for rule in RULES)]
+    header = ["trace (hang in)", "longest healthy block of the scope", *(rule.name for rule in RULES)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for trace in traces:
-        longest = trace.longest_healthy(trace.hang.scope)
-        cells = [cell(results[(trace.name, rule.name)], longest) for rule in RULES]
-        lines.append(
-            f"| {trace.name} ({trace.hang.scope}) | {_seconds(longest)} | " + " | ".join(cells) + " |"
-        )
+        cells = [cell(results[(trace.name, rule.name)], longest(trace, rule)) for rule in RULES]
+        own = _seconds(longest(trace, RULES[0]))
+        lines.append(f"| {trace.name} ({trace.hang.scope}) | {own} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,7 +209,6 @@ def figure(ctx: Context) -> list[Row]:
     results = measure(traces, scale, workdir)
     rows = []
     for trace in traces:
-        longest = trace.longest_healthy(trace.hang.scope)
         mine, theirs = results[(trace.name, "adaptive 5x")], results[(trace.name, RULES[0].name)]
         ratio = f"{theirs.delay / mine.delay:.3g}x" if mine.delay and theirs.delay else ""
         rows.append(
@@ -212,8 +216,8 @@ def figure(ctx: Context) -> list[Row]:
                 f"GPU time lost per hang, {trace.name}",
                 "training s (x longest block)",
                 {
-                    "expiry": "adaptive 5x: " + cell(mine, longest),
-                    "torch": "requested: " + cell(theirs, longest),
+                    "expiry": "adaptive 5x: " + cell(mine, longest(trace, RULES[0])),
+                    "torch": "requested: " + cell(theirs, longest(trace, RULES[0])),
                 },
                 ratio,
             )
