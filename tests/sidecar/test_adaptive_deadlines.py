@@ -240,3 +240,22 @@ def test_the_sidecar_refuses_to_start_on_a_bad_flag(tmp_path: Path) -> None:
     )
     assert started.returncode == 2
     assert "--adaptive-factor" in started.stderr and not (tmp_path / "f").exists()
+
+
+def test_block_durations_by_scope_only_under_scope_metrics(pod: Pod, sidecar: StartSidecar) -> None:
+    plain, by_scope = sidecar(), sidecar("--scope-metrics", fifo=pod.workdir / "by-scope.fifo")
+    for server in (plain, by_scope):
+        worker = Worker(pod, server.fifo, "steps", "--count", "3", "--step", "0.01", "--after", "60")
+        worker.expect("done 3")
+        assert worker.wait() == 0
+    assert (
+        plain.wait_metric("expiry_block_duration_seconds_count", 3)(
+            "expiry_block_duration_seconds_count", scope="step"
+        )
+        == 0
+    )
+    metrics = by_scope.wait_metric("expiry_block_duration_seconds_count", 3, scope="step")
+    assert metrics("expiry_block_duration_seconds_count", scope="other") == 0
+    assert "expiry_block_duration_seconds_count" not in {
+        name for (name, labels) in metrics.samples if not labels
+    }, "with scope labels, no unlabelled series beside them"
