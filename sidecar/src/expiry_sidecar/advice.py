@@ -36,7 +36,7 @@ def document(deadlines: Deadlines) -> dict[str, Any]:
 
 
 def _scope(policy: Policy, stats: ScopeStats, learns: bool = True) -> dict[str, Any]:
-    limit = policy.limit(stats.learned) if learns else None
+    limit = policy.limit(Learned(stats.count, stats.longest)) if learns else None
     return {
         "blocks": stats.count,
         "mean": stats.total / stats.count if stats.count else 0.0,

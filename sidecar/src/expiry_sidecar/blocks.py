@@ -5,8 +5,8 @@ acquire's (both monotonic). A block that expired, was replaced by a new acquire,
 exited never completed and is not counted: only completed blocks say how long healthy work takes.
 Torch's unmodified client counts as much as expiry's, since nothing here needs the client's help.
 
-Memory is bounded twice over. Per scope: a count, the longest and total durations, and a sparse
-histogram over fixed log-spaced buckets (at most ``BUCKETS + 1`` entries), fine enough for p50/p99
+Memory is bounded twice over. Per scope: a count, the longest and total durations, and a
+histogram over fixed log-spaced buckets (``BUCKETS + 1`` counts), fine enough for p50/p99
 estimates within one bucket (19 %). Per pod: at most ``MAX_SCOPES`` scopes, in the order they first
 complete a block; blocks of any further scope are pooled into one entry (``pooled``), counted there,
 and never given a learned deadline of their own.
@@ -14,6 +14,7 @@ and never given a learned deadline of their own.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ def upper_bound(index: int) -> float:
     return SMALLEST * 2 ** (index / STEPS_PER_DOUBLING) if index < BUCKETS else math.inf
 
 
+_BOUNDS = [upper_bound(i) for i in range(BUCKETS)]
+
+
 def bucket_of(seconds: float) -> int:
-    if seconds <= SMALLEST:
-        return 0
-    index = math.ceil(STEPS_PER_DOUBLING * math.log2(seconds / SMALLEST) - 1e-9)
-    return min(index, BUCKETS)
+    """The first bucket whose upper bound is at least ``seconds`` (one C call: it runs per release)."""
+    return bisect.bisect_left(_BOUNDS, seconds)
 
 
 PROMETHEUS_INDEXES = tuple(range(0, BUCKETS, PROMETHEUS_EVERY))
@@ -47,70 +49,62 @@ PROMETHEUS_BOUNDS = tuple(upper_bound(i) for i in PROMETHEUS_INDEXES)
 
 
 class Learned(NamedTuple):
-    """What a scope had learned when a block was armed: the adaptive rule's inputs."""
+    """What a scope had learned when a block was armed: the adaptive rule's inputs, and its result."""
 
     blocks: int
     longest: float
+    limit: float | None = None
+    """Seconds the adaptive rule allows a block (deadlines.Policy.limit), None while warming up."""
 
 
-@dataclass
+def _no_blocks() -> list[int]:
+    return [0] * (BUCKETS + 1)
+
+
+@dataclass(slots=True)
 class ScopeStats:
     count: int = 0
     longest: float = 0.0
     total: float = 0.0
     requested: float = 0.0
     """The requested deadline (seconds after the acquire) of the scope's last completed block."""
-    buckets: dict[int, int] = field(default_factory=dict)
-    _learned: Learned | None = field(default=None, repr=False, compare=False)
+    buckets: list[int] = field(default_factory=_no_blocks)
+    """Blocks per bucket: a list, not a sparse dict, since recording runs once per release."""
+    snapshot: Learned | None = field(default=None, repr=False, compare=False)
+    """The deadline policy's cache (deadlines.Deadlines). It depends on the count only until the
+    scope has a limit, so it is dropped when the longest block grows or while there is no limit."""
 
     def record(self, seconds: float, requested: float) -> None:
         self.count += 1
         self.total += seconds
-        self.longest = max(self.longest, seconds)
         self.requested = requested
-        index = bucket_of(seconds)
-        self.buckets[index] = self.buckets.get(index, 0) + 1
-        self._learned = None
-
-    @property
-    def learned(self) -> Learned:
-        """A snapshot shared by every timer armed until the next completed block of the scope."""
-        if self._learned is None:
-            self._learned = Learned(self.count, self.longest)
-        return self._learned
+        self.buckets[bisect.bisect_left(_BOUNDS, seconds)] += 1
+        if seconds > self.longest:
+            self.longest = seconds
+            self.snapshot = None
+        elif self.snapshot is not None and self.snapshot.limit is None:
+            self.snapshot = None
 
     def quantile(self, q: float) -> float:
         """An upper estimate of the ``q`` quantile: its bucket's bound, never above the longest."""
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
+        rank, seen = q * self.count, 0
+        for index, n in enumerate(self.buckets):
+            seen += n
+            if n and seen >= rank:
                 return min(upper_bound(index), self.longest)
         return self.longest
 
     def cumulative(self) -> list[int]:
         """Blocks at or under each of PROMETHEUS_BOUNDS (bucket bounds, so the counts are exact)."""
-        counts, seen = [], 0
-        items = sorted(self.buckets.items())
-        at = 0
-        for bound in PROMETHEUS_INDEXES:
-            while at < len(items) and items[at][0] <= bound:
-                seen += items[at][1]
-                at += 1
-            counts.append(seen)
-        return counts
+        return [sum(self.buckets[: index + 1]) for index in PROMETHEUS_INDEXES]
 
     def merge(self, other: ScopeStats) -> None:
         self.count += other.count
         self.total += other.total
         self.longest = max(self.longest, other.longest)
         self.requested = other.requested or self.requested
-        for index, n in other.buckets.items():
-            self.buckets[index] = self.buckets.get(index, 0) + n
-        self._learned = None
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.snapshot = None
 
     def to_json(self) -> list[Any]:
         return [
@@ -118,7 +112,7 @@ class ScopeStats:
             self.longest,
             self.total,
             self.requested,
-            {str(i): n for i, n in self.buckets.items()},
+            {str(i): n for i, n in enumerate(self.buckets) if n},
         ]
 
     @classmethod
@@ -135,7 +129,7 @@ class ScopeStats:
                 pass
             case _:
                 raise ValueError(f"not a scope's statistics: {str(data)[:80]!r}")
-        buckets = {}
+        buckets = _no_blocks()
         for key, n in raw.items():
             index = int(key)
             if not (0 <= index <= BUCKETS and isinstance(n, int) and n > 0):
@@ -143,7 +137,7 @@ class ScopeStats:
             buckets[index] = n
         if (
             count < 0
-            or sum(buckets.values()) != count
+            or sum(buckets) != count
             or not all(math.isfinite(x) and x >= 0 for x in (longest, total, requested))
         ):
             raise ValueError("inconsistent scope statistics")

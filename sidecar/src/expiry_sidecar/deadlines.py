@@ -78,28 +78,55 @@ class Policy:
 
 
 class Deadlines:
-    """The policy and the statistics it learns from, as the server consults them."""
+    """The policy and the statistics it learns from, as the server consults them.
+
+    Both methods run once per request, so they are written flat: each scope keeps one snapshot of
+    what it has learned, rule applied, until its next completed block.
+    """
 
     def __init__(self, policy: Policy | None = None, stats: BlockStats | None = None) -> None:
         self.policy = policy or Policy()
         self.stats = stats if stats is not None else BlockStats()
+        self._adaptive = self.policy.adaptive
 
     def learned(self, scope_id: str) -> Learned | None:
-        stats = self.stats.get(scope_id)
-        return stats.learned if stats is not None else None
+        stats = self.stats.scopes.get(scope_id)
+        if stats is None:
+            return None
+        if stats.snapshot is None:
+            learned = Learned(stats.count, stats.longest)
+            stats.snapshot = learned._replace(limit=self.policy.limit(learned))
+        return stats.snapshot
+
+    def arm(self, scope_id: str, armed_at: float, requested: float) -> tuple[float, Learned | None]:
+        """The deadline of a block armed now (Policy.effective), and what its scope had learned."""
+        learned = self.learned(scope_id)
+        if learned is None or learned.limit is None or not self._adaptive:
+            return requested, learned
+        deadline = armed_at + learned.limit
+        return (deadline if deadline < requested else requested), learned
+
+    def explain(self, scope_id: str, armed_at: float, requested: float, learned: Learned | None) -> str:
+        """Policy.explain, with the scope's block count as it is now (a snapshot keeps the count of
+        when its longest block last grew)."""
+        stats = self.stats.scopes.get(scope_id)
+        if learned is not None and learned.limit is not None and stats is not None:
+            learned = learned._replace(blocks=stats.count)
+        return self.policy.explain(armed_at, requested, learned)
 
     def completed(
         self, scope_id: str, armed_at: float, requested: float, learned: Learned | None, now: float
     ) -> None:
         """A block was released at ``now``: learn its duration; count it if it outlived its adaptive
-        deadline."""
-        if math.isnan(armed_at):  # armed before this sidecar knew when: its duration is unknown
-            return
-        seconds = max(0.0, now - armed_at)
-        limit = self.policy.limit(learned)
-        if limit is not None and seconds > limit:  # (a limit past the requested one: killed before)
+        deadline (a limit past the requested deadline never counts: the block would have been killed)."""
+        seconds = now - armed_at
+        if not seconds >= 0:  # nan: armed before this sidecar knew when, its duration is unknown
+            if math.isnan(seconds):
+                return
+            seconds = 0.0
+        if learned is not None and learned.limit is not None and seconds > learned.limit:
             self.stats.over_adaptive += 1
-        self.stats.record(scope_id, seconds, max(0.0, requested - armed_at))
+        self.stats.record(scope_id, seconds, requested - armed_at)
 
 
 def _g(value: float) -> str:

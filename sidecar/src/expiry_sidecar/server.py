@@ -183,8 +183,7 @@ class TimerServer:
         if request.dump_signal is not None:
             worker.dump_signal = request.dump_signal
         requested = mono + (request.expiration_time - wall)
-        learned = self.deadlines.learned(request.scope_id)
-        deadline = self.deadlines.policy.effective(mono, requested, learned)
+        deadline, learned = self.deadlines.arm(request.scope_id, mono, requested)
         self.book.arm(
             request.pid,
             request.scope_id,
@@ -289,7 +288,7 @@ class TimerServer:
         for listener in self.listeners:
             listener.before_kill(worker, timer)
         outcome = self._send(worker, sig)
-        rule = self.deadlines.policy.explain(timer.armed_at, timer.requested, timer.learned)
+        rule = self.deadlines.explain(timer.scope_id, timer.armed_at, timer.requested, timer.learned)
         report = KillReport(
             worker, timer.scope_id, sig, outcome, self.clock.monotonic() - timer.deadline, escalation, rule
         )
