@@ -259,3 +259,13 @@ def test_policy_rejects_what_is_not_a_positive_finite_number() -> None:
             Policy("adaptive", **bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Policy("sometimes")
+
+
+def test_a_longer_completed_block_raises_the_deadline_of_the_next() -> None:
+    world = World()
+    server = world.server(Policy("adaptive", factor=5, min_samples=2, floor=0.1))
+    for duration in (1.0, 1.0, 4.0):  # 4 s is within 5 x 1 s
+        assert run_block(world, server, "s", 600, duration) is None
+    assert run_block(world, server, "s", 600, 10.0) is None, "5 x 4 s = 20 s allows a 10 s block"
+    assert run_block(world, server, "s", 600, None) == pytest.approx(50.0)
+    assert world.kills[-1].rule == "adaptive: 5 x 10 s longest of 4 blocks; requested 600 s"
