@@ -11,10 +11,10 @@ floats in C, with no (deadline, tie-breaker, timer) tuple; the pid is the one in
 worker's entry holds; the scope is the same string as the dict key. ~110 bytes a timer besides its
 scope string (heap slot and dict entry included), where a dataclass in a tuple took ~230.
 
-Three more slots serve the deadline policy (deadlines.py): when the block was armed (one float
-shared by every request of a FIFO read), the deadline its client requested (the timer's own value
-unless adaptive lowered it) and what its scope had learned by then (one snapshot shared by every
-block armed in between two completed blocks of the scope).
+Three more slots serve the deadline policy (deadlines.py), ~25 bytes a timer more: when the block
+was armed (one float shared by every request of a FIFO read), the deadline its client requested
+(None unless adaptive lowered it: then it is not the timer's own value) and what its scope had
+learned by then (one snapshot per scope, shared until the scope's longest block grows).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from expiry_sidecar.blocks import Learned
 class Timer(float):
     """An armed timer; as a float it is its deadline."""
 
-    __slots__ = ("armed_at", "learned", "pid", "requested", "scope_id", "signal")
+    __slots__ = ("_lowered_from", "armed_at", "learned", "pid", "scope_id", "signal")
     pid: int
     scope_id: str
     signal: int
     armed_at: float
     """Monotonic seconds the acquire arrived (nan when unknown: a block's duration is then unknown)."""
-    requested: float
-    """The deadline the client asked for; the timer's own value (its deadline) is at most this."""
     learned: Learned | None
+    _lowered_from: float | None
+    """The requested deadline when the policy lowered it; None (shared) when the timer's own value is."""
 
     def __new__(
         cls,
@@ -55,13 +55,18 @@ class Timer(float):
         timer.scope_id = scope_id
         timer.signal = signal
         timer.armed_at = armed_at
-        timer.requested = deadline if requested is None else requested
+        timer._lowered_from = None if requested is None or requested == deadline else requested
         timer.learned = learned
         return timer
 
     @property
     def deadline(self) -> float:
         return float(self)
+
+    @property
+    def requested(self) -> float:
+        """The deadline the client asked for; the timer's own value (its deadline) is at most this."""
+        return float(self) if self._lowered_from is None else self._lowered_from
 
     def __repr__(self) -> str:
         return (
