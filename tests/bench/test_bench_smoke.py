@@ -33,6 +33,8 @@ ROWS = [
     "webhook latency p50, 50 concurrent",
     "webhook latency p99, 50 concurrent",
     "operator RSS",
+    "GPU time lost per hang, steady steps",
+    "GPU time lost per hang, checkpoint/eval in own scopes",
 ]
 
 

@@ -33,6 +33,11 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
         "stackDumps": "off",
         "events": True,
         "podCondition": False,
+        "mode": "enforce",
+        "deadlines": "requested",
+        "adaptiveFactor": 5,
+        "adaptiveMinSamples": 20,
+        "adaptiveFloor": 60,
     },
     "webhook": {"port": 8443, "certFile": "/etc/expiry/tls/tls.crt", "keyFile": "/etc/expiry/tls/tls.key"},
     "health": {"port": 8080},
@@ -76,6 +81,11 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
             "escalateAfter": 30,
             "stackDumps": "py-spy",
             "events": False,
+            "mode": "observe",
+            "deadlines": "adaptive",
+            "adaptiveFactor": 3,
+            "adaptiveMinSamples": 50,
+            "adaptiveFloor": 2.5,
         },
         "operator": {"watchUnprotectedPods": False},
         "podCondition": {"enabled": True},
@@ -92,6 +102,11 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "stackDumps": "py-spy",
         "events": False,
         "podCondition": True,
+        "mode": "observe",
+        "deadlines": "adaptive",
+        "adaptiveFactor": 3,
+        "adaptiveMinSamples": 50,
+        "adaptiveFloor": 2.5,
     }
     assert config["unprotectedPods"] == {"watch": False}
 
@@ -349,7 +364,17 @@ def test_the_operator_sees_the_values(helm: Helm) -> None:
     from expiry_operator.settings import settings_from_dict
 
     values = {
-        "sidecar": {"killSignal": "SIGTERM", "escalateAfter": 2.5, "stackDumps": "client", "events": False}
+        "sidecar": {
+            "killSignal": "SIGTERM",
+            "escalateAfter": 2.5,
+            "stackDumps": "client",
+            "events": False,
+            "mode": "observe",
+            "deadlines": "adaptive",
+            "adaptiveFactor": 10,
+            "adaptiveMinSamples": 5,
+            "adaptiveFloor": 0.5,
+        }
     }
     sidecar = settings_from_dict(operator_config(helm.render(values))).sidecar
     assert (sidecar.kill_signal, sidecar.escalate_after, sidecar.stack_dumps, sidecar.events) == (
@@ -358,6 +383,8 @@ def test_the_operator_sees_the_values(helm: Helm) -> None:
         "client",
         False,
     )
+    assert (sidecar.mode, sidecar.deadlines) == ("observe", "adaptive")
+    assert (sidecar.adaptive_factor, sidecar.adaptive_min_samples, sidecar.adaptive_floor) == (10, 5, 0.5)
 
 
 def sidecar_event_api_group() -> str:

@@ -203,6 +203,11 @@ INJECTED_CASES = {
             "expiry.io/sidecar-cpu": "50m",
             "expiry.io/sidecar-memory": "256Mi",
             "expiry.io/events": "false",
+            "expiry.io/mode": "observe",
+            "expiry.io/deadlines": "adaptive",
+            "expiry.io/adaptive-factor": "3",
+            "expiry.io/adaptive-min-samples": "50",
+            "expiry.io/adaptive-floor": "2.5",
         },
     ),
 }
@@ -249,6 +254,23 @@ DENIED_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("expiry.io/native-sidecar", "auto"),
     ),
     "bad-events": (_with(JOBSET_POD, {"expiry.io/events": "yes"}), ("expiry.io/events", "true | false")),
+    "bad-mode": (_with(JOBSET_POD, {"expiry.io/mode": "audit"}), ("expiry.io/mode", "enforce | observe")),
+    "bad-deadlines": (
+        _with(JOBSET_POD, {"expiry.io/deadlines": "learned"}),
+        ("expiry.io/deadlines", "requested | adaptive"),
+    ),
+    "bad-adaptive-factor": (
+        _with(JOBSET_POD, {"expiry.io/adaptive-factor": "0"}),
+        ("expiry.io/adaptive-factor", "> 0"),
+    ),
+    "non-finite-adaptive-floor": (
+        _with(JOBSET_POD, {"expiry.io/adaptive-floor": "inf"}),
+        ("expiry.io/adaptive-floor", "finite"),
+    ),
+    "bad-adaptive-min-samples": (
+        _with(JOBSET_POD, {"expiry.io/adaptive-min-samples": "0.5"}),
+        ("expiry.io/adaptive-min-samples", "whole number"),
+    ),
     "unknown-container": (
         _with(JOBSET_POD, {"expiry.io/containers": "nope"}),
         ("expiry.io/containers", "trainer"),

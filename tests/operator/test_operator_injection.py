@@ -14,6 +14,7 @@ from expiry_operator import record
 from expiry_operator.injection import Denied, Injected, Skipped, admit
 from expiry_operator.options import RECORD_ANNOTATION
 from expiry_operator.settings import SidecarSettings
+from expiry_sidecar import cli as sidecar_cli
 from tests.operator.injection_checks import check_injected, sidecars
 from tests.operator.pod_corpus import DENIED_CASES, INJECTED_CASES, SKIPPED_CASES
 from tests.operator.pss_checker import level_of
@@ -155,9 +156,28 @@ def test_options_reach_the_sidecar() -> None:
     args = sidecar["args"]
     assert args[args.index("--kill-signal") + 1] == "SIGTERM"
     assert args[args.index("--escalate-after") + 1] == "2.5"
+    assert args[args.index("--mode") + 1] == "observe"
+    assert args[args.index("--deadlines") + 1] == "adaptive"
+    assert args[args.index("--adaptive-factor") + 1] == "3"
+    assert args[args.index("--adaptive-min-samples") + 1] == "50"
+    assert args[args.index("--adaptive-floor") + 1] == "2.5"
+    assert sidecar_cli.parser().parse_args(args).deadlines == "adaptive", "the sidecar accepts what it gets"
     assert "--events" not in args
     assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "256Mi"}
     assert sidecar["resources"]["limits"]["memory"] == "256Mi"  # raised to the request
+
+
+def test_default_mode_and_deadlines_pass_no_flag_an_older_sidecar_would_refuse() -> None:
+    args = sidecar_of(inject(INJECTED_CASES["gpu-guaranteed"]))["args"]
+    assert not {
+        "--mode",
+        "--deadlines",
+        "--adaptive-factor",
+        "--adaptive-min-samples",
+        "--adaptive-floor",
+    } & set(args)
+    parsed = sidecar_cli.parser().parse_args(args)
+    assert (parsed.mode, parsed.deadlines) == ("enforce", "requested")
 
 
 def test_the_pod_condition_setting_reaches_every_sidecar() -> None:

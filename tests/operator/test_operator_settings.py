@@ -34,6 +34,8 @@ def test_values_are_read(tmp_path: Path) -> None:
     path = tmp_path / "operator.yaml"
     path.write_text(
         "sidecar:\n  image: reg/sidecar:1\n  nativeSidecar: false\n  escalateAfter: 3\n"
+        "  mode: observe\n  deadlines: adaptive\n  adaptiveFactor: 3\n  adaptiveMinSamples: 50\n"
+        "  adaptiveFloor: 2.5\n"
         "  resources: {requests: {cpu: 20m}}\n  podCondition: true\nwebhook: {certFile: /c, keyFile: /k}\n"
         "unprotectedPods: {watch: false}\n"
     )
@@ -41,6 +43,12 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.sidecar.image == "reg/sidecar:1"
     assert settings.sidecar.native_sidecar == "false"  # YAML's unquoted false is accepted
     assert settings.sidecar.escalate_after == 3
+    assert (settings.sidecar.mode, settings.sidecar.deadlines) == ("observe", "adaptive")
+    assert (
+        settings.sidecar.adaptive_factor,
+        settings.sidecar.adaptive_min_samples,
+        settings.sidecar.adaptive_floor,
+    ) == (3, 50, 2.5)
     assert settings.sidecar.resources == {"requests": {"cpu": "20m"}}
     assert settings.sidecar.pod_condition is True
     assert (settings.webhook.cert_file, settings.webhook.key_file) == ("/c", "/k")
@@ -55,6 +63,11 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("sidecar: {stackDumps: always}", "sidecar.stackDumps"),
         ("sidecar: {podCondition: maybe}", "sidecar.podCondition"),
         ("sidecar: {escalateAfter: -1}", "sidecar.escalateAfter"),
+        ("sidecar: {mode: audit}", "sidecar.mode must be one of enforce, observe"),
+        ("sidecar: {deadlines: learned}", "sidecar.deadlines must be one of requested, adaptive"),
+        ("sidecar: {adaptiveFactor: 0}", "sidecar.adaptiveFactor must be a finite number > 0"),
+        ("sidecar: {adaptiveFloor: .inf}", "sidecar.adaptiveFloor"),
+        ("sidecar: {adaptiveMinSamples: 2.5}", "sidecar.adaptiveMinSamples must be a whole number"),
         ("sidecar: {resources: {requests: {memory: lots}}}", "sidecar.resources.requests.memory"),
         ("sidecar: [1]", "sidecar must be a mapping"),
         ("health: {port: 8080}\nextra: 1", "unknown key(s) extra"),

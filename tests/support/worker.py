@@ -18,6 +18,10 @@ can follow it. Actions:
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
   torch-blocks  torch's own expires/FileTimerClient: run --count blocks of --after seconds; print "done N"
+  steps     blocks of --after seconds in one scope, each busy --step seconds (--count of them) or
+            the --durations given (comma-separated); print "done N"; then with --hang, print "armed T"
+            (T: CLOCK_MONOTONIC before the acquire) and hang in one more block of that scope.
+            --client torch: torch's expires and FileTimerClient
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from expiry import FileTimerClient, expires
 
@@ -49,6 +54,10 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--step", type=float, default=0.0)
+    parser.add_argument("--durations", default="")
+    parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--client", choices=["expiry", "torch"], default="expiry")
     args = parser.parse_args()
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -139,8 +148,40 @@ def main() -> None:
         with torch_expires(after=args.after):
             say("armed")
             hang()
+    elif args.action == "steps":
+        steps(args)
     else:
         sys.exit(f"unknown action {args.action}")
+
+
+def steps(args: argparse.Namespace) -> None:
+    durations = [float(d) for d in args.durations.split(",")] if args.durations else [args.step] * args.count
+    if args.client == "torch":
+        from torch.distributed.elastic.timer import FileTimerClient as TorchClient
+        from torch.distributed.elastic.timer import configure
+        from torch.distributed.elastic.timer import expires as torch_expires
+
+        configure(TorchClient(os.environ["TORCHELASTIC_TIMER_FILE"]))
+
+        def block(after: float) -> Any:
+            return torch_expires(after=after)  # one scope for every block (torch's computes it so)
+    else:
+
+        def block(after: float) -> Any:
+            return expires(after=after, scope="step")
+
+    for duration in [*durations, None]:
+        if duration is None:
+            say("done", len(durations))
+            if not args.hang:
+                return
+        before = time.monotonic()
+        with block(args.after):
+            if duration is None:
+                say("armed", before)
+                hang()
+            else:
+                time.sleep(duration)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ from expiry import names
 from expiry_operator.quantities import ACCEPTED as ACCEPTED_QUANTITY
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import (
+    DEADLINE_POLICIES,
+    MODES,
     NATIVE_SIDECAR_MODES,
     STACK_DUMP_MODES,
+    DeadlinePolicy,
+    Mode,
     NativeSidecarMode,
     SidecarSettings,
     StackDumpMode,
@@ -32,6 +36,11 @@ SIDECAR_MEMORY = f"{P}sidecar-memory"
 STACK_DUMPS = f"{P}stack-dumps"
 NATIVE_SIDECAR = f"{P}native-sidecar"
 EVENTS = f"{P}events"
+MODE = f"{P}mode"
+DEADLINES = f"{P}deadlines"
+ADAPTIVE_FACTOR = f"{P}adaptive-factor"
+ADAPTIVE_MIN_SAMPLES = f"{P}adaptive-min-samples"
+ADAPTIVE_FLOOR = f"{P}adaptive-floor"
 RECORD_ANNOTATION = f"{P}injection"
 """What the operator injected (JSON), so re-admission strips exactly that before injecting again."""
 
@@ -56,6 +65,11 @@ class PodOptions:
     stack_dumps: StackDumpMode
     native_sidecar: NativeSidecarMode
     events: bool
+    mode: Mode
+    deadlines: DeadlinePolicy
+    adaptive_factor: float
+    adaptive_min_samples: int
+    adaptive_floor: float
 
 
 def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> PodOptions:
@@ -79,6 +93,11 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         stack_dumps=read(STACK_DUMPS, _one_of(STACK_DUMP_MODES), defaults.stack_dumps),
         native_sidecar=read(NATIVE_SIDECAR, _one_of(NATIVE_SIDECAR_MODES), defaults.native_sidecar),
         events=read(EVENTS, _one_of(_BOOLEANS), "true" if defaults.events else "false") == "true",
+        mode=read(MODE, _one_of(MODES), defaults.mode),
+        deadlines=read(DEADLINES, _one_of(DEADLINE_POLICIES), defaults.deadlines),
+        adaptive_factor=read(ADAPTIVE_FACTOR, _positive, defaults.adaptive_factor),
+        adaptive_min_samples=read(ADAPTIVE_MIN_SAMPLES, _whole, defaults.adaptive_min_samples),
+        adaptive_floor=read(ADAPTIVE_FLOOR, _positive, defaults.adaptive_floor),
     )
 
 
@@ -112,6 +131,22 @@ def _seconds(key: str, value: str) -> float:
     return seconds
 
 
+def _positive(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise _bad(key, value, "a finite number > 0, e.g. '5' or '2.5'")
+    return number
+
+
+def _whole(key: str, value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise _bad(key, value, "a whole number >= 1, e.g. '20'")
+    return int(value)
+
+
 def _quantity(key: str, value: str) -> str:
     try:
         parse_quantity(value)
@@ -139,4 +174,9 @@ _KNOWN = OWN_ANNOTATIONS | {
     STACK_DUMPS,
     NATIVE_SIDECAR,
     EVENTS,
+    MODE,
+    DEADLINES,
+    ADAPTIVE_FACTOR,
+    ADAPTIVE_MIN_SAMPLES,
+    ADAPTIVE_FLOOR,
 }

@@ -8,6 +8,7 @@ values never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,10 @@ from expiry_operator.quantities import QuantityError, parse_quantity
 NativeSidecarMode = Literal["auto", "true", "false"]
 StackDumpMode = Literal["off", "client", "py-spy"]
 NATIVE_SIDECAR_MODES: tuple[NativeSidecarMode, ...] = ("auto", "true", "false")
+Mode = Literal["enforce", "observe"]
+MODES: tuple[Mode, ...] = ("enforce", "observe")
+DeadlinePolicy = Literal["requested", "adaptive"]
+DEADLINE_POLICIES: tuple[DeadlinePolicy, ...] = ("requested", "adaptive")
 STACK_DUMP_MODES: tuple[StackDumpMode, ...] = ("off", "client", "py-spy")
 DEFAULT_CONFIG_PATH = "/etc/expiry/operator.yaml"
 
@@ -44,6 +49,11 @@ class SidecarSettings:
     events: bool = True
     pod_condition: bool = False
     """Pass --pod-condition: the pods' service accounts must be allowed to patch pods/status."""
+    mode: Mode = "enforce"
+    deadlines: DeadlinePolicy = "requested"
+    adaptive_factor: float = 5
+    adaptive_min_samples: int = 20
+    adaptive_floor: float = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +151,13 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
             events=sidecar.flag("events", defaults.sidecar.events),
             pod_condition=sidecar.flag("podCondition", defaults.sidecar.pod_condition),
+            mode=sidecar.choice("mode", defaults.sidecar.mode, MODES),
+            deadlines=sidecar.choice("deadlines", defaults.sidecar.deadlines, DEADLINE_POLICIES),
+            adaptive_factor=sidecar.positive("adaptiveFactor", defaults.sidecar.adaptive_factor),
+            adaptive_min_samples=int(
+                sidecar.positive("adaptiveMinSamples", defaults.sidecar.adaptive_min_samples, whole=True)
+            ),
+            adaptive_floor=sidecar.positive("adaptiveFloor", defaults.sidecar.adaptive_floor),
         ),
         webhook=WebhookSettings(
             port=webhook.port("port", defaults.webhook.port),
@@ -253,6 +270,19 @@ class _Section:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{self._name(key)} must be a non-negative number of seconds, got {value!r}")
+        return float(value)
+
+    def positive(self, key: str, default: float, *, whole: bool = False) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int if whole else int | float)
+            or not 0 < value < math.inf
+        ):
+            kind = "a whole number >= 1" if whole else "a finite number > 0"
+            raise ConfigError(f"{self._name(key)} must be {kind}, got {value!r}")
         return float(value)
 
     def resources(

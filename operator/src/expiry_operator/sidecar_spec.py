@@ -78,6 +78,15 @@ def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
     args += ["--state-file", names.STATE_PATH, "--escalate-after", _number(options.escalate_after)]
     if options.kill_signal:
         args += ["--kill-signal", options.kill_signal]
+    # Defaults are left out, so a sidecar image older than these flags still starts (docs/install.md,
+    # version skew); the adaptive knobs mean nothing without adaptive deadlines.
+    if options.mode != "enforce":
+        args += ["--mode", options.mode]
+    if options.deadlines != "requested":
+        args += ["--deadlines", options.deadlines]
+        args += ["--adaptive-factor", _number(options.adaptive_factor)]
+        args += ["--adaptive-min-samples", str(options.adaptive_min_samples)]
+        args += ["--adaptive-floor", _number(options.adaptive_floor)]
     if plan.exit_when_alone:
         args.append("--exit-when-alone")
     if options.events:

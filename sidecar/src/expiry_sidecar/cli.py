@@ -1,22 +1,26 @@
 """expiry-sidecar: kills training workers whose timers expire.
 
-`serve` in a pod; `run -- CMD` on a machine without Kubernetes.
+`serve` in a pod; `run -- CMD` on a machine without Kubernetes; `advise` reads what a sidecar
+learned about its blocks and suggests deadlines.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
-from expiry_sidecar import __version__, alone, logs
+from expiry_sidecar import __version__, advice, alone, logs
 from expiry_sidecar.daemon import Options, Sidecar
+from expiry_sidecar.deadlines import POLICIES, REQUESTED, Deadlines, Policy
 from expiry_sidecar.local import run_command
 from expiry_sidecar.mode import Mode
+from expiry_sidecar.state import read_blocks
 
 
 def signal_number(text: str) -> int:
@@ -40,6 +44,49 @@ def seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
     return value
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a finite number > 0: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return int(text)
+
+
+def policy_flags(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The adaptive rule's flags (argparse names the flag when a value is rejected); ``defaults``
+    False: None when not given."""
+    rule = Policy()
+    parser.add_argument(
+        "--adaptive-factor",
+        type=positive,
+        default=rule.factor if defaults else None,
+        metavar="F",
+        help=f"adaptive deadline: F x the scope's longest completed block (default {rule.factor:g})",
+    )
+    parser.add_argument(
+        "--adaptive-min-samples",
+        type=count,
+        default=rule.min_samples if defaults else None,
+        metavar="N",
+        help=f"adaptive deadlines apply once a scope has N completed blocks (default {rule.min_samples})",
+    )
+    parser.add_argument(
+        "--adaptive-floor",
+        type=positive,
+        default=rule.floor if defaults else None,
+        metavar="SECONDS",
+        help=f"an adaptive deadline is never shorter than this (default {rule.floor:g})",
+    )
 
 
 def port(text: str) -> int:
@@ -84,6 +131,14 @@ def parser() -> argparse.ArgumentParser:
         help="observe: everything an expiry does (stack dump, log, Event, metrics) but the signal"
         " (default enforce)",
     )
+    common.add_argument(
+        "--deadlines",
+        choices=POLICIES,
+        default=REQUESTED,
+        help="adaptive: lower each block's deadline to what its scope's completed blocks justify"
+        " (never above the requested one; default requested)",
+    )
+    policy_flags(common)
     common.add_argument("--log-format", choices=["json", "text"], default="json")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
@@ -135,11 +190,54 @@ def parser() -> argparse.ArgumentParser:
         "--print-metrics", action="store_true", help="print the final metrics to stderr when CMD exits"
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+    advise = commands.add_parser(
+        "advise",
+        help="per scope: blocks, p50/p99/longest, requested and suggested deadline",
+        description="Read what a sidecar learned about its blocks and suggest deadlines. The adaptive"
+        " rule's flags default to the running sidecar's own (with --url) or to the defaults.",
+    )
+    source = advise.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="a running sidecar's HTTP endpoint, e.g. http://10.0.0.7:9402")
+    source.add_argument("--state-file", type=Path, help="a sidecar's --state-file")
+    policy_flags(advise, defaults=False)  # not given: the running sidecar's own values apply
     return top
+
+
+def advise_command(args: argparse.Namespace) -> int:
+    if args.url:
+        try:
+            doc = advice.fetch(args.url)
+        except OSError as exc:
+            sys.stderr.write(f"expiry-sidecar advise: cannot read {args.url}/blocks: {exc}\n")
+            return 1
+        own = doc["policy"]
+        base = Policy(REQUESTED, own["adaptive_factor"], own["adaptive_min_samples"], own["adaptive_floor"])
+    else:
+        try:
+            stats = read_blocks(args.state_file)
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"expiry-sidecar advise: cannot read {args.state_file}: {exc}\n")
+            return 1
+        base = Policy()
+        doc = advice.document(Deadlines(base, stats))
+        doc["policy"]["deadlines"] = "(unknown: read from a state file)"
+        doc["blocks_over_adaptive_deadline"] = None  # a counter: not kept in the file
+    policy = Policy(
+        REQUESTED,
+        base.factor if args.adaptive_factor is None else args.adaptive_factor,
+        base.min_samples if args.adaptive_min_samples is None else args.adaptive_min_samples,
+        base.floor if args.adaptive_floor is None else args.adaptive_floor,
+    )
+    for line in advice.render(advice.advise(doc, policy), policy, doc):
+        print(line)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "advise":
+        return advise_command(args)
     logs.configure(args.log_format, args.log_level)
     options = Options(
         metrics_host=args.metrics_host,
@@ -149,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scope_metrics=args.scope_metrics,
         stack_dumps=args.stack_dumps,
         mode=args.mode,
+        deadlines=args.deadlines,
+        adaptive_factor=args.adaptive_factor,
+        adaptive_min_samples=args.adaptive_min_samples,
+        adaptive_floor=args.adaptive_floor,
     )
     if args.command == "serve":
         options.fifo = args.fifo

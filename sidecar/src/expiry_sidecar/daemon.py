@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import alone, kills, rivals
+from expiry_sidecar.advice import document
 from expiry_sidecar.apiwriter import ApiWriter, PodRef
 from expiry_sidecar.condition import PodCondition
+from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.events import EventRecorder
 from expiry_sidecar.fifo import FifoReader, NameWatch, fifo_at, wake_readers
 from expiry_sidecar.http import HttpEndpoint, Probes
@@ -56,6 +59,13 @@ class Options:
     mode: Mode = Mode.ENFORCE
     pod_condition: bool = False
     """Mark the pod with the hang condition before each kill."""
+    deadlines: str = REQUESTED
+    adaptive_factor: float = 5.0
+    adaptive_min_samples: int = 20
+    adaptive_floor: float = 60.0
+
+    def policy(self) -> Policy:
+        return Policy(self.deadlines, self.adaptive_factor, self.adaptive_min_samples, self.adaptive_floor)
 
 
 class KillLog(Listener):
@@ -100,6 +110,7 @@ class Sidecar:
             mode=options.mode,
             pod_condition=options.pod_condition,
             dispatch=self.kills.dispatch,
+            deadlines=Deadlines(options.policy()),
         )
         self.loop.watch_fd(self.kills.fd, lambda: self.kills.collect(self.server.killed), once=False)
         if options.state_file is not None:
@@ -113,7 +124,13 @@ class Sidecar:
             self.registry.register(condition_counter(self.condition.results))
         self.probes = Probes()
         self.http = (
-            HttpEndpoint(options.metrics_host, options.metrics_port, self.registry, self.probes)
+            HttpEndpoint(
+                options.metrics_host,
+                options.metrics_port,
+                self.registry,
+                self.probes,
+                {"/blocks": self._blocks_document},
+            )
             if options.metrics_port
             else None
         )
@@ -134,8 +151,11 @@ class Sidecar:
         """Journal timers to ``path``, first re-arming what a previous sidecar left there."""
         state = StateFile(path)
         saved = state.load()
+        state.load_blocks(self.server.deadlines.stats)  # before the timers: they keep what was learned
         self.server.stats.state_errors = state.errors
-        book = JournaledBook(state, self.server.starttime_of, on_error=self._state_error)
+        book = JournaledBook(
+            state, self.server.starttime_of, on_error=self._state_error, blocks=self.server.deadlines.stats
+        )
         self.server.book = book
         self.server.restore(saved)
         book.snapshot()
@@ -196,6 +216,11 @@ class Sidecar:
     def _rival(self, reader: rivals.Reader) -> None:
         if self.events:
             self.events.notice(COMPETING_READER, rivals.event_note(reader))
+
+    def _blocks_document(self) -> bytes:
+        with self.server.lock:  # the loop thread changes what is read here
+            doc = document(self.server.deadlines)
+        return json.dumps(doc).encode()
 
     def _state_error(self) -> None:
         self.server.stats.state_errors += 1

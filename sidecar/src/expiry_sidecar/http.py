@@ -2,7 +2,8 @@
 
 - ``GET /metrics``: Prometheus exposition (prometheus_client's own WSGI app);
 - ``GET /readyz``: 200 once the FIFO is open and being read, 503 before and while shutting down;
-- ``GET /healthz``: 200 while the event loop's thread is alive.
+- ``GET /healthz``: 200 while the event loop's thread is alive;
+- any further JSON document the sidecar offers (``GET /blocks``: block statistics per scope).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -39,9 +40,14 @@ class Probes:
         return self.loop_thread is not None and self.loop_thread.is_alive()
 
 
+JsonRoutes = Mapping[str, Callable[[], bytes]]
+"""Path -> the JSON document's bytes, made when asked."""
+
+
 def make_app(
-    registry: CollectorRegistry, probes: Probes
+    registry: CollectorRegistry, probes: Probes, documents: JsonRoutes | None = None
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    documents = documents or {}
     metrics = make_wsgi_app(registry)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -53,8 +59,12 @@ def make_app(
             ok = probes.ready if path == "/readyz" else probes.healthy()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"ok\n" if ok else b"not ready\n"]
+        if path in documents:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [documents[path]()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics, /readyz or /healthz\n"]
+        known = ", ".join(["/metrics", "/readyz", "/healthz", *documents])
+        return [f"not found: try {known}\n".encode()]
 
     return app
 
@@ -64,9 +74,20 @@ class HttpEndpoint:
     second to look for a shutdown request); ``stop`` asks it to shut down, then connects once to wake it.
     """
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, probes: Probes) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        probes: Probes,
+        documents: JsonRoutes | None = None,
+    ) -> None:
         self._server = make_server(
-            host, port, make_app(registry, probes), server_class=_Server, handler_class=_QuietHandler
+            host,
+            port,
+            make_app(registry, probes, documents),
+            server_class=_Server,
+            handler_class=_QuietHandler,
         )
         self.port = self._server.server_port
         self._thread = threading.Thread(

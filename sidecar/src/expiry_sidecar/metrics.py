@@ -12,10 +12,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from expiry_sidecar import __version__, kills
+from expiry_sidecar.blocks import PROMETHEUS_BOUNDS, BlockStats, ScopeStats
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -113,12 +114,42 @@ class ServerCollector(Collector):
                 "scope",
                 dict(sorted(stats.expirations_by_scope.items())),
             )
+        blocks = server.deadlines.stats
+        yield CounterMetricFamily(
+            "expiry_blocks_over_adaptive_deadline",
+            "Blocks that finished after running past their adaptive deadline (adaptive would have"
+            " killed them)",
+            value=blocks.over_adaptive,
+        )
+        yield _block_durations(blocks, server.scope_metrics)
 
 
 def _labelled(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=[label])
     for value, count in counts.items():
         family.add_metric([value], count)
+    return family
+
+
+def _block_durations(blocks: BlockStats, by_scope: bool) -> HistogramMetricFamily:
+    """Completed blocks' durations: the whole pod, or (``--scope-metrics``) each tracked scope and
+    the pool as ``other`` (blocks.MAX_SCOPES bounds the series as SCOPE_LABELS_MAX does)."""
+    family = HistogramMetricFamily(
+        "expiry_block_duration_seconds",
+        "Durations of completed blocks (acquire to release)",
+        labels=["scope"] if by_scope else None,
+    )
+    series: list[tuple[list[str], ScopeStats]] = (
+        [([scope], stats) for scope, stats in sorted(blocks.scopes.items())] + [(["other"], blocks.pooled)]
+        if by_scope
+        else [([], blocks.total())]
+    )
+    for labels, stats in series:
+        buckets = [
+            (repr(round(bound, 6)), float(n))
+            for bound, n in zip(PROMETHEUS_BOUNDS, stats.cumulative(), strict=True)
+        ]
+        family.add_metric(labels, [*buckets, ("+Inf", float(stats.count))], stats.total)
     return family
 
 

@@ -4,10 +4,12 @@ The rules, in the order a request meets them:
 
 1. The byte stream is cut into lines; each line that is not a valid version-1 request is counted
    as malformed and skipped; the lines around it are unaffected.
-2. A release disarms its (pid, scope). Releasing what is not armed is harmless.
+2. A release disarms its (pid, scope) and its block's duration is learned (see :mod:`.deadlines`).
+   Releasing what is not armed is harmless.
 3. An acquire first attaches to its worker (see :mod:`.processes`): a request whose writer is
    already gone, or whose pid now belongs to another process, arms nothing. Its wall-clock
-   expiration time becomes a monotonic deadline on arrival; re-acquiring a scope replaces it.
+   expiration time becomes a monotonic deadline on arrival, which the deadline policy may lower;
+   re-acquiring a scope replaces it.
 4. When a deadline passes the timer expires. What happens to its worker is the mode's rule (see
    :mod:`.mode`): with a signal <= 0, nothing; otherwise the worker is ordered killed (``kill_signal``
    overrides the client's choice; in observe mode only as if), and all of its timers are cleared:
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 
 from expiry.wire import MalformedRequest, Request, decode
 from expiry_sidecar import kills, processes
+from expiry_sidecar.deadlines import Deadlines
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.mode import Action, Mode, on_expiry
 from expiry_sidecar.processes import NotAttached, Worker
@@ -112,7 +115,7 @@ class KillReport:
     """Seconds from the deadline to the signal (to the refusal, when refused; to the report, observing)."""
     escalation: bool = False
     rule: str = "requested"
-    """Which deadline fired and why."""
+    """Which deadline fired and why (deadlines.Policy.explain)."""
     deadline: float = 0.0
     """Epoch seconds the deadline passed."""
     frames: tuple[str, ...] = ()
@@ -193,6 +196,7 @@ class TimerServer:
         mode: Mode = Mode.ENFORCE,
         pod_condition: bool = False,
         dispatch: Dispatch | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.kill_signal = kill_signal
         self.mode = mode
@@ -202,6 +206,7 @@ class TimerServer:
         self.listeners = list(listeners)
         self.clock = clock or Clock()
         self.book = book if book is not None else TimerBook()
+        self.deadlines = deadlines or Deadlines()
         self.workers: dict[int, Worker] = {}
         self.stats = Stats()
         self._attach = attach
@@ -247,7 +252,9 @@ class TimerServer:
     def apply(self, request: Request, mono: float, wall: float) -> None:
         if request.expiration_time < 0:  # a release (Request.is_release, without a call per request)
             self.stats.releases += 1
-            self.book.release(request.pid, request.scope_id)
+            block = self.book.release(request.pid, request.scope_id)
+            if block is not None:
+                self.deadlines.completed(block.scope_id, block.armed_at, block.requested, block.learned, mono)
             return
         self.stats.acquires += 1
         worker = self._worker(request.pid, request.starttime)
@@ -255,8 +262,17 @@ class TimerServer:
             return
         if request.dump_signal is not None:
             worker.dump_signal = request.dump_signal
-        deadline = mono + (request.expiration_time - wall)
-        self.book.arm(request.pid, request.scope_id, deadline, request.signal)
+        requested = mono + (request.expiration_time - wall)
+        deadline, learned = self.deadlines.arm(request.scope_id, mono, requested)
+        self.book.arm(
+            request.pid,
+            request.scope_id,
+            deadline,
+            request.signal,
+            armed_at=mono,
+            requested=requested,
+            learned=learned,
+        )
 
     def _worker(self, pid: int, claimed_starttime: int | None) -> Worker | None:
         worker = self.workers.get(pid)
@@ -287,7 +303,16 @@ class TimerServer:
                     continue
                 self.workers[timer.pid] = worker
                 self._on_watch(worker)
-            self.book.arm(timer.pid, timer.scope_id, timer.deadline, timer.signal)
+            learned = self.deadlines.learned(timer.scope_id)
+            self.book.arm(
+                timer.pid,
+                timer.scope_id,
+                timer.deadline,
+                timer.signal,
+                armed_at=timer.armed_at,
+                requested=timer.requested,
+                learned=learned,
+            )
             self.stats.restored += 1
         if self.stats.restored or self.stats.restore_dropped:
             log.info(
@@ -350,6 +375,7 @@ class TimerServer:
             send=action.send,
             condition=action.condition,
             escalation=timer.scope_id == ESCALATION_SCOPE,
+            rule=self.deadlines.explain(timer.scope_id, timer.armed_at, timer.requested, timer.learned),
         )
         self.book.forget(worker.pid)
         self.killing.add(worker)

@@ -3,14 +3,21 @@
 The state file is a journal of JSON lines on the shared volume::
 
     {"expiry_state": 1, "boot_id": "5b1c..."}           header
-    ["arm", pid, starttime, scope, deadline, signal]     deadline: CLOCK_MONOTONIC seconds
+    ["arm", pid, starttime, scope, deadline, signal, armed_at, requested]
+                                                         CLOCK_MONOTONIC seconds (the last two may
+                                                         be absent or null: unknown)
     ["release", pid, scope]
     ["forget", pid]
+    ["blocks", 1, {scope: statistics, ...}]              learned block durations (blocks.py), by
+                                                         scope; a later entry replaces a scope's
 
 - Appending costs one ``write()`` per loop turn, of only the net change: a scope armed and
   released within the same turn never reaches the disk. The kernel keeps what was written even if
   the process is killed the next instant; only a crash of the whole machine loses the tail, and
   that ends the pod (and its emptyDir) anyway.
+- Block statistics are written the same way: each turn, the scopes whose statistics changed.
+  A statistics entry that does not parse (or is of another version) costs only the statistics: they
+  are set aside as ``<file>.blocks-corrupt-<time>``, counted, and learned afresh; the timers stand.
 - When the journal grows past a few times the live timers it is rewritten as a snapshot: a temp
   file, fsync, rename: atomic, so a reader sees the old file or the new one, never half of one.
 - Monotonic deadlines are valid across processes of one boot; the header's boot id tells. A file
@@ -20,20 +27,25 @@ The state file is a journal of JSON lines on the shared volume::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from expiry_sidecar.blocks import BlockStats, Learned
 from expiry_sidecar.timers import Timer, TimerBook
 
 log = logging.getLogger("expiry.sidecar")
 
 VERSION = 1
+BLOCKS_VERSION = 1
 COMPACT_FACTOR = 4
 COMPACT_SLACK = 4096
 
@@ -45,6 +57,8 @@ class SavedTimer:
     scope_id: str
     deadline: float
     signal: int
+    armed_at: float = math.nan
+    requested: float | None = None
 
 
 def boot_id() -> str:
@@ -60,28 +74,43 @@ class StateError(ValueError):
 
 def parse(text: str, expected_boot: str) -> list[SavedTimer]:
     """The timers a journal leaves armed; raise StateError when it cannot be trusted."""
+    return parse_journal(text, expected_boot)[0]
+
+
+def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer], list[Any]]:
+    """The timers a journal leaves armed and its statistics entries, unchecked, in order.
+
+    ``expected_boot`` None: accept a file from any boot (its durations are still true; the
+    advisor reads them).
+    """
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     elif lines:
         lines.pop()  # torn last line: the writer died mid-write; what came before stands
     if not lines:
-        return []
+        return [], []
     try:
         header = json.loads(lines[0])
     except ValueError as exc:
         raise StateError(f"unreadable header: {exc}") from None
     if not isinstance(header, dict) or header.get("expiry_state") != VERSION:
         raise StateError(f"not an expiry state file (version {VERSION}): {lines[0][:80]!r}")
-    if header.get("boot_id") != expected_boot:
+    if expected_boot is not None and header.get("boot_id") != expected_boot:
         raise StateError("written before the machine last booted: its monotonic deadlines mean nothing now")
     armed: dict[tuple[int, str], SavedTimer] = {}
+    blocks: list[Any] = []
     for number, line in enumerate(lines[1:], start=2):
         try:
             op = json.loads(line)
             match op:
-                case ["arm", int(pid), int(start), str(scope), float() | int() as deadline, int(sig)]:
-                    armed[(pid, scope)] = SavedTimer(pid, start, scope, float(deadline), sig)
+                case ["arm", int(pid), int(start), str(scope), float() | int() as deadline, int(sig), *more]:
+                    armed_at, requested = _times(more)
+                    armed[(pid, scope)] = SavedTimer(
+                        pid, start, scope, float(deadline), sig, armed_at, requested
+                    )
+                case ["blocks", *_]:
+                    blocks.append(op)
                 case ["release", int(pid), str(scope)]:
                     armed.pop((pid, scope), None)
                 case ["forget", int(pid)]:
@@ -91,7 +120,44 @@ def parse(text: str, expected_boot: str) -> list[SavedTimer]:
                     raise StateError(f"line {number}: unknown entry {line[:80]!r}")
         except ValueError as exc:
             raise StateError(f"line {number}: {exc}") from None
-    return list(armed.values())
+    return list(armed.values()), blocks
+
+
+def _times(more: list[Any]) -> tuple[float, float | None]:
+    match more:
+        case []:
+            return math.nan, None
+        case [float() | int() | None as armed_at, float() | int() | None as requested]:
+            return (math.nan if armed_at is None else float(armed_at)), (
+                None if requested is None else float(requested)
+            )
+    raise ValueError(f"bad arm times {more!r}")
+
+
+def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
+    """Replay statistics entries into ``stats``; ValueError when one is malformed or foreign."""
+    for entry in entries:
+        match entry:
+            case ["blocks", int(version), dict(scopes)] if version == BLOCKS_VERSION:
+                stats.load(scopes)
+            case ["blocks", int(version), *_] if version != BLOCKS_VERSION:
+                raise ValueError(
+                    f"statistics of another version ({version}, this sidecar reads {BLOCKS_VERSION})"
+                )
+            case _:
+                raise ValueError(f"not a statistics entry: {str(entry)[:80]!r}")
+
+
+def read_blocks(path: Path) -> BlockStats:
+    """The statistics a state file holds, from any boot (for the advisor); ValueError/OSError if unusable."""
+    _, entries = parse_journal(path.read_text(), None)
+    stats = BlockStats()
+    apply_blocks(entries, stats)
+    return stats
+
+
+def blocks_line(scopes: dict[str, Any]) -> str:
+    return json.dumps(["blocks", BLOCKS_VERSION, scopes])
 
 
 class StateFile:
@@ -101,6 +167,7 @@ class StateFile:
         self.errors = 0
         self._fd: int | None = None
         self._lines = 0
+        self._blocks: list[Any] = []
 
     def load(self) -> list[SavedTimer]:
         """What the previous sidecar left armed; a bad file is set aside and reported."""
@@ -111,9 +178,27 @@ class StateFile:
         except (OSError, UnicodeDecodeError) as exc:
             return self._set_aside(str(exc))
         try:
-            return parse(text, self.boot)
+            timers, self._blocks = parse_journal(text, self.boot)
         except StateError as exc:
             return self._set_aside(str(exc))
+        return timers
+
+    def load_blocks(self, stats: BlockStats) -> None:
+        """Fill ``stats`` with what the loaded file had learned; bad statistics are set aside alone."""
+        try:
+            apply_blocks(self._blocks, stats)
+        except ValueError as exc:
+            self.errors += 1
+            stats.clear()
+            aside = self.path.with_name(f"{self.path.name}.blocks-corrupt-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                aside.write_text("".join(json.dumps(entry) + "\n" for entry in self._blocks))
+            log.error(
+                "state file's block statistics unusable, learning afresh: %s",
+                exc,
+                extra={"state_file": str(aside)},
+            )
+        self._blocks = []
 
     def _set_aside(self, why: str) -> list[SavedTimer]:
         self.errors += 1
@@ -125,10 +210,12 @@ class StateFile:
         log.error("state file unusable, starting without it: %s", why, extra={"state_file": str(aside)})
         return []
 
-    def rewrite(self, timers: Iterator[Timer], starttime_of: Callable[[int], int]) -> None:
-        """Replace the journal by a snapshot of ``timers``, atomically."""
+    def rewrite(
+        self, timers: Iterator[Timer], starttime_of: Callable[[int], int], extra: Sequence[str] = ()
+    ) -> None:
+        """Replace the journal by a snapshot of ``timers`` (and ``extra`` lines), atomically."""
         header = json.dumps({"expiry_state": VERSION, "boot_id": self.boot})
-        body = [header] + [_arm(t, starttime_of(t.pid)) for t in timers]
+        body = [header] + [_arm(t, starttime_of(t.pid)) for t in timers] + list(extra)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w") as out:
             out.write("\n".join(body) + "\n")
@@ -160,7 +247,10 @@ class StateFile:
 
 
 def _arm(timer: Timer, starttime: int) -> str:
-    return json.dumps(["arm", timer.pid, starttime, timer.scope_id, timer.deadline, timer.signal])
+    armed_at = None if math.isnan(timer.armed_at) else timer.armed_at
+    return json.dumps(
+        ["arm", timer.pid, starttime, timer.scope_id, timer.deadline, timer.signal, armed_at, timer.requested]
+    )
 
 
 class JournaledBook(TimerBook):
@@ -179,9 +269,12 @@ class JournaledBook(TimerBook):
         starttime_of: Callable[[int], int],
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        blocks: BlockStats | None = None,
     ) -> None:
         super().__init__()
         self.state = state
+        self.blocks = blocks
+        """Block statistics to keep in the file too (their changed scopes, each turn)."""
         self.starttime_of = starttime_of
         self.on_error = on_error
         self.clock = clock
@@ -194,13 +287,29 @@ class JournaledBook(TimerBook):
         """Replace the journal by what is armed now (the old file stands until the rename)."""
         self._pending.clear()
         self._forgotten.clear()
-        self._write(lambda: self.state.rewrite(iter(self), self.starttime_of))
+        extra = []
+        if self.blocks is not None:
+            self.blocks.dirty.clear()
+            extra.append(blocks_line(self.blocks.export()))
+        self._write(lambda: self.state.rewrite(iter(self), self.starttime_of, extra))
 
-    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> Timer:
-        timer = self._pending[(pid, scope_id)] = super().arm(pid, scope_id, deadline, signal)
+    def arm(
+        self,
+        pid: int,
+        scope_id: str,
+        deadline: float,
+        signal: int,
+        *,
+        armed_at: float = math.nan,
+        requested: float | None = None,
+        learned: Learned | None = None,
+    ) -> Timer:
+        timer = self._pending[(pid, scope_id)] = super().arm(
+            pid, scope_id, deadline, signal, armed_at=armed_at, requested=requested, learned=learned
+        )
         return timer
 
-    def release(self, pid: int, scope_id: str) -> bool:
+    def release(self, pid: int, scope_id: str) -> Timer | None:
         released = super().release(pid, scope_id)
         self._pending[(pid, scope_id)] = None
         return released
@@ -214,7 +323,8 @@ class JournaledBook(TimerBook):
 
     def flush(self) -> None:
         """Write this turn's net changes; rewrite the journal as a snapshot when it grew too long."""
-        if not (self._pending or self._forgotten):
+        changed_blocks = self.blocks is not None and bool(self.blocks.dirty)
+        if not (self._pending or self._forgotten or changed_blocks):
             return
         if self._failed_at is not None:  # the journal missed changes: only a snapshot can mend it
             if self.clock() - self._failed_at >= self.RETRY_INTERVAL:
@@ -229,6 +339,8 @@ class JournaledBook(TimerBook):
                 lines.append(json.dumps(["release", pid, scope]))
             else:
                 lines.append(_arm(timer, self.starttime_of(pid)))
+        if self.blocks is not None and changed_blocks:
+            lines.append(blocks_line(self.blocks.take_dirty()))
         self._pending.clear()
         self._forgotten.clear()
         self._write(lambda: self.state.append(lines))

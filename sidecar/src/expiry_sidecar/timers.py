@@ -10,32 +10,63 @@ Memory is what limits how many timers a small sidecar holds, so a timer is one o
 floats in C, with no (deadline, tie-breaker, timer) tuple; the pid is the one int object its
 worker's entry holds; the scope is the same string as the dict key. ~110 bytes a timer besides its
 scope string (heap slot and dict entry included), where a dataclass in a tuple took ~230.
+
+Three more slots serve the deadline policy (deadlines.py), ~25 bytes a timer more: when the block
+was armed (one float shared by every request of a FIFO read), the deadline its client requested
+(None unless adaptive lowered it: then it is not the timer's own value) and what its scope had
+learned by then (one snapshot per scope, shared until the scope's longest block grows).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
+
+from expiry_sidecar.blocks import Learned
 
 
 class Timer(float):
     """An armed timer; as a float it is its deadline."""
 
-    __slots__ = ("pid", "scope_id", "signal")
+    __slots__ = ("_lowered_from", "armed_at", "learned", "pid", "scope_id", "signal")
     pid: int
     scope_id: str
     signal: int
+    armed_at: float
+    """Monotonic seconds the acquire arrived (nan when unknown: a block's duration is then unknown)."""
+    learned: Learned | None
+    _lowered_from: float | None
+    """The requested deadline when the policy lowered it; None (shared) when the timer's own value is."""
 
-    def __new__(cls, pid: int, scope_id: str, deadline: float, signal: int) -> Timer:
+    def __new__(
+        cls,
+        pid: int,
+        scope_id: str,
+        deadline: float,
+        signal: int,
+        *,
+        armed_at: float = math.nan,
+        requested: float | None = None,
+        learned: Learned | None = None,
+    ) -> Timer:
         timer = super().__new__(cls, deadline)
         timer.pid = pid
         timer.scope_id = scope_id
         timer.signal = signal
+        timer.armed_at = armed_at
+        timer._lowered_from = None if requested is None or requested == deadline else requested
+        timer.learned = learned
         return timer
 
     @property
     def deadline(self) -> float:
         return float(self)
+
+    @property
+    def requested(self) -> float:
+        """The deadline the client asked for; the timer's own value (its deadline) is at most this."""
+        return float(self) if self._lowered_from is None else self._lowered_from
 
     def __repr__(self) -> str:
         return (
@@ -63,12 +94,24 @@ class TimerBook:
     def __len__(self) -> int:
         return self._live
 
-    def arm(self, pid: int, scope_id: str, deadline: float, signal: int) -> Timer:
+    def arm(
+        self,
+        pid: int,
+        scope_id: str,
+        deadline: float,
+        signal: int,
+        *,
+        armed_at: float = math.nan,
+        requested: float | None = None,
+        learned: Learned | None = None,
+    ) -> Timer:
         """Arm the timer, replacing one already armed for the same pid and scope."""
         scopes = self._by_pid.get(pid)
         if scopes is None:
             scopes = self._by_pid[pid] = _Scopes(pid)
-        timer = Timer(scopes.pid, scope_id, deadline, signal)
+        timer = Timer(
+            scopes.pid, scope_id, deadline, signal, armed_at=armed_at, requested=requested, learned=learned
+        )
         if scopes.get(scope_id) is None:
             self._live += 1
         scopes[scope_id] = timer
@@ -77,13 +120,13 @@ class TimerBook:
             self._compact()
         return timer
 
-    def release(self, pid: int, scope_id: str) -> bool:
-        """Disarm; False if no such timer was armed."""
+    def release(self, pid: int, scope_id: str) -> Timer | None:
+        """Disarm, returning the timer; None if no such timer was armed."""
         scopes = self._by_pid.get(pid)
-        if scopes is None or scopes.pop(scope_id, None) is None:
-            return False
-        self._live -= 1  # an emptied worker entry stays until forget(): its next acquire reuses it
-        return True
+        timer = scopes.pop(scope_id, None) if scopes is not None else None
+        if timer is not None:
+            self._live -= 1  # an emptied worker entry stays until forget(): its next acquire reuses it
+        return timer
 
     def forget(self, pid: int) -> list[Timer]:
         """Disarm every timer of ``pid``, returning them."""

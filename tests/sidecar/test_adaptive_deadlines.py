@@ -1,0 +1,263 @@
+"""Adaptive deadlines with real workers, a real sidecar and real signals, in a real PID namespace.
+
+Small floors and factors keep each test to a second or two; the bounds are generous where a loaded
+machine could stretch a duration, and the rule the sidecar reports is checked against what it did.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from expiry_sidecar import cli
+from tests.support.pod import Pod
+from tests.support.sidecar import SIDECAR, Sidecar, Worker, wait_for
+
+StartSidecar = Callable[..., Sidecar]
+ADAPTIVE = ("--deadlines", "adaptive", "--adaptive-min-samples", "5")
+RULE = re.compile(r"adaptive: (\S+) x (\S+) s longest of (\d+) blocks; requested (\S+) s")
+
+
+def killed_after(worker: Worker) -> float:
+    """Seconds from just before the worker armed its block to its death by SIGKILL as seen here: at
+    least the time the sidecar let it live (CLOCK_MONOTONIC is one clock for the whole machine)."""
+    said, armed_at = worker.readline().split()
+    assert said == "armed"
+    assert worker.wait() == -signal.SIGKILL
+    return time.monotonic() - float(armed_at)
+
+
+def kill_rule(server: Sidecar) -> str:
+    kill = wait_for(lambda: next((e for e in server.logs() if e["message"] == "killed a stuck worker"), None))
+    rule: str = kill["rule"]
+    return rule
+
+
+def blocks(server: Sidecar) -> dict[str, dict[str, float]]:
+    doc = requests.get(f"{server.url}/blocks", timeout=5).json()
+    return {entry["scope"]: entry for entry in doc["scopes"]}
+
+
+@pytest.mark.parametrize("client", ["expiry", "torch"])
+def test_a_learned_scope_hang_is_killed_at_factor_times_its_longest_block(
+    pod: Pod, sidecar: StartSidecar, client: str
+) -> None:
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.2")
+    worker = Worker(
+        pod,
+        server.fifo,
+        "steps",
+        "--count",
+        "5",
+        "--step",
+        "0.1",
+        "--after",
+        "3600",
+        "--hang",
+        "--client",
+        client,
+    )
+    worker.expect("done 5")
+    elapsed = killed_after(worker)
+    match = RULE.fullmatch(kill_rule(server))
+    assert match, kill_rule(server)
+    factor, longest, count, requested = float(match[1]), float(match[2]), int(match[3]), float(match[4])
+    assert (factor, count, requested) == (5.0, 5, 3600.0)
+    assert 0.09 <= longest < 0.6, (
+        "the longest block is the worker's 0.1 s step, give or take a loaded machine"
+    )
+    assert elapsed >= 5 * longest * 0.99, "killed before 5 x the longest block"
+    assert elapsed < 5 * longest + 3.0, "not killed at 5 x the longest block"
+    metrics = server.metrics()
+    assert metrics("expiry_kills_total", signal="SIGKILL") == 1
+    assert metrics("expiry_block_duration_seconds_count") == 5
+
+
+def test_blocks_within_factor_times_the_longest_are_never_killed(pod: Pod, sidecar: StartSidecar) -> None:
+    """Each block is ~5x the longest before it, inside the 10x rule: the longest grows with them (and
+    a short block between does not shrink it)."""
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "10", "--adaptive-floor", "0.01")
+    durations = "0.04,0.04,0.04,0.04,0.04,0.2,0.05,1.0"
+    worker = Worker(pod, server.fifo, "steps", "--durations", durations, "--after", "3600")
+    worker.expect("done 8")
+    assert worker.wait() == 0
+    metrics = server.wait_metric("expiry_requests_total", 8, kind="release")
+    assert metrics("expiry_expirations_total") == 0
+    assert metrics("expiry_blocks_over_adaptive_deadline_total") == 0
+    assert blocks(server)["step"]["longest"] >= 0.9
+
+
+def test_before_warm_up_the_requested_deadline_holds(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.05")
+    worker = Worker(pod, server.fifo, "steps", "--count", "4", "--step", "0.01", "--after", "1.5", "--hang")
+    worker.expect("done 4")
+    assert killed_after(worker) >= 1.5, "adaptive fired before the scope had 5 blocks"
+    assert kill_rule(server) == "requested 1.5 s (adaptive warming up: 4 of 5 blocks)"
+
+
+def test_the_floor_holds_for_quick_blocks(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.8")
+    worker = Worker(pod, server.fifo, "steps", "--count", "5", "--step", "0.01", "--after", "3600", "--hang")
+    worker.expect("done 5")
+    elapsed = killed_after(worker)
+    assert 0.8 <= elapsed < 3.0
+    assert kill_rule(server).startswith("adaptive: floor 0.8 s (5 x ")
+
+
+def test_the_requested_deadline_stays_the_upper_bound(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "50", "--adaptive-floor", "0.01")
+    worker = Worker(pod, server.fifo, "steps", "--count", "5", "--step", "0.1", "--after", "0.6", "--hang")
+    worker.expect("done 5")
+    elapsed = killed_after(worker)
+    assert 0.6 <= elapsed < 4.0, "50 x 0.1 s = 5 s is later than the 0.6 s requested"
+    assert kill_rule(server).startswith("requested 0.6 s (adaptive: 50 x ")
+
+
+def test_requested_deadlines_count_the_blocks_adaptive_would_have_killed(
+    pod: Pod, sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    server = sidecar(
+        "--adaptive-min-samples",
+        "5",
+        "--adaptive-factor",
+        "2",
+        "--adaptive-floor",
+        "0.05",
+        "--state-file",
+        str(state),
+    )
+    worker = Worker(
+        pod, server.fifo, "steps", "--durations", "0.05,0.05,0.05,0.05,0.05,0.6", "--after", "3600"
+    )
+    worker.expect("done 6")
+    assert worker.wait() == 0, "requested deadlines kill nothing the client did not ask for"
+    metrics = server.wait_metric("expiry_blocks_over_adaptive_deadline_total", 1)
+    assert metrics("expiry_block_duration_seconds_count") == 6
+    assert metrics("expiry_block_duration_seconds_bucket", le="0.256") == 5
+    assert metrics("expiry_block_duration_seconds_bucket", le="1048.576") == 6
+    assert metrics("expiry_block_duration_seconds_sum") >= 0.7  # arrivals, not sleeps, are timed
+    step = blocks(server)["step"]
+    assert step["blocks"] == 6 and step["requested"] == pytest.approx(3600, abs=1)
+    assert 0.04 <= step["p50"] <= 0.2 and step["longest"] >= 0.5
+
+    rule = ["--adaptive-min-samples", "5", "--adaptive-factor", "2", "--adaptive-floor", "0.05"]
+    for source in (["--url", server.url], ["--state-file", str(state), *rule]):
+        advice = subprocess.run(
+            [SIDECAR, "advise", *source], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        row = next(line for line in advice.splitlines() if line.startswith("step "))
+        assert row.split()[1] == "6", advice
+        suggested = 2 * step["longest"]
+        assert f"3,600 s today, {suggested:.3g} s with the suggestion" in row, advice
+
+
+def test_a_sigkilled_sidecar_keeps_what_it_learned(pod: Pod, sidecar: StartSidecar, tmp_path: Path) -> None:
+    state = str(tmp_path / "state.json")
+    args = (*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.2", "--state-file", state)
+    first = sidecar(*args)
+    learner = Worker(pod, first.fifo, "steps", "--count", "5", "--step", "0.1", "--after", "3600")
+    learner.expect("done 5")
+    assert learner.wait() == 0
+    first.wait_metric("expiry_block_duration_seconds_count", 5)
+    first.signal(signal.SIGKILL)
+    first.process.wait(timeout=10)
+
+    second = sidecar(*args)
+    assert blocks(second)["step"]["blocks"] == 5
+    hang = Worker(pod, second.fifo, "steps", "--count", "0", "--after", "3600", "--hang")
+    hang.expect("done 0")
+    elapsed = killed_after(hang)
+    match = RULE.fullmatch(kill_rule(second))
+    assert match and int(match[3]) == 5, kill_rule(second)
+    assert 5 * float(match[2]) * 0.99 <= elapsed < 5 * float(match[2]) + 3.0
+
+
+def test_blocks_is_json_per_scope(pod: Pod, sidecar: StartSidecar) -> None:
+    server = sidecar("--deadlines", "adaptive")
+    response = requests.get(f"{server.url}/blocks", timeout=5)
+    assert response.headers["Content-Type"] == "application/json"
+    doc = response.json()
+    assert doc["policy"] == {
+        "deadlines": "adaptive",
+        "adaptive_factor": 5.0,
+        "adaptive_min_samples": 20,
+        "adaptive_floor": 60.0,
+    }
+    assert doc["scopes"] == [] and doc["pooled"]["blocks"] == 0
+    assert json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--adaptive-factor", "0"),
+        ("--adaptive-factor", "-5"),
+        ("--adaptive-factor", "nan"),
+        ("--adaptive-factor", "inf"),
+        ("--adaptive-floor", "0"),
+        ("--adaptive-floor", "-1"),
+        ("--adaptive-floor", "infinity"),
+        ("--adaptive-min-samples", "0"),
+        ("--adaptive-min-samples", "-3"),
+        ("--adaptive-min-samples", "2.5"),
+        ("--deadlines", "sometimes"),
+        ("--mode", "audit"),
+    ],
+)
+def test_bad_policy_flags_are_rejected_at_start_naming_the_flag(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+
+
+def test_the_sidecar_refuses_to_start_on_a_bad_flag(tmp_path: Path) -> None:
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "expiry_sidecar.cli",
+            "serve",
+            "--fifo",
+            str(tmp_path / "f"),
+            "--adaptive-factor",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert started.returncode == 2
+    assert "--adaptive-factor" in started.stderr and not (tmp_path / "f").exists()
+
+
+def test_block_durations_by_scope_only_under_scope_metrics(pod: Pod, sidecar: StartSidecar) -> None:
+    plain, by_scope = sidecar(), sidecar("--scope-metrics", fifo=pod.workdir / "by-scope.fifo")
+    for server in (plain, by_scope):
+        worker = Worker(pod, server.fifo, "steps", "--count", "3", "--step", "0.01", "--after", "60")
+        worker.expect("done 3")
+        assert worker.wait() == 0
+    assert (
+        plain.wait_metric("expiry_block_duration_seconds_count", 3)(
+            "expiry_block_duration_seconds_count", scope="step"
+        )
+        == 0
+    )
+    metrics = by_scope.wait_metric("expiry_block_duration_seconds_count", 3, scope="step")
+    assert metrics("expiry_block_duration_seconds_count", scope="other") == 0
+    assert "expiry_block_duration_seconds_count" not in {
+        name for (name, labels) in metrics.samples if not labels
+    }, "with scope labels, no unlabelled series beside them"
