@@ -49,7 +49,10 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("| ")), len(lines))
+    table = lines[start:end]  # the figures; the notes below hold tables of their own
     assert table[0].split(" | ")[2:4] == ["expiry", "torch"], done.stdout
     figures = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
     assert figures == ROWS, done.stdout
