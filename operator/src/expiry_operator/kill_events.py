@@ -1,9 +1,10 @@
 """The sidecars' kill Events, read: which pod, which reason, and one ``Kill`` per worker. No I/O.
 
-The contract (COMMON.md / the sidecar): an events.k8s.io/v1 Event on the sidecar's own pod,
-``reportingController: expiry.io/sidecar``, one of ``KILL_REASONS``; the kills of one burst are a
-compact JSON list in the annotation ``expiry.io/kills`` (``expiry.io/kills-truncated`` counts the
-workers left out for size). A malformed list still counts: the Event says at least one worker hung.
+The contract (docs/architecture.md, "Kill Events"; the sidecar's ``events`` writes them): an
+events.k8s.io/v1 Event on the sidecar's own pod, ``reportingController: expiry.io/sidecar``, one of
+``KILL_REASONS``; the kills of one burst are a compact JSON list in the annotation ``expiry.io/kills``
+(``expiry.io/kills-truncated`` counts the workers left out for size). A malformed list still counts:
+the Event says at least one worker hung.
 """
 
 from __future__ import annotations

@@ -167,8 +167,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--events",
         action="store_true",
-        help="record a Kubernetes Event on this pod per kill (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE"
-        " and credentials allowed to create events)",
+        help="record a Kubernetes Event on this pod per burst of kills (needs EXPIRY_POD_NAME,"
+        " EXPIRY_POD_NAMESPACE and credentials allowed to create and patch events)",
     )
     serve.add_argument(
         "--pod-condition",

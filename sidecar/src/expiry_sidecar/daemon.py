@@ -53,7 +53,7 @@ class Options:
     exit_when_alone: bool = False
     alone_grace: float = alone.GRACE
     events: bool = False
-    """Record a Kubernetes Event on the pod per kill."""
+    """Record a Kubernetes Event on the pod per burst of kills (see events)."""
     stack_dumps: Path | None = None
     """Capture a stuck worker's stack into this directory before killing it."""
     mode: Mode = Mode.ENFORCE

@@ -1,8 +1,9 @@
 """Which deadline a block gets: the one its client requested, or one learned from its scope.
 
-The adaptive rule (DESIGN.md): once a scope has ``min_samples`` completed blocks, a block's
-effective deadline is ``min(requested, max(floor, factor x the scope's longest completed block))``;
-before that, the requested one. The requested deadline is always the upper bound, so adaptive only
+The adaptive rule (docs/architecture.md, "Sidecar CLI"): once a scope has ``min_samples`` completed
+blocks, a block's effective deadline is
+``min(requested, max(floor, factor x the scope's longest completed block))``; before that, the
+requested one. The requested deadline is always the upper bound, so adaptive only
 ever finds a hang sooner, never later.
 
 The rule is applied when the block is armed, with what the scope had learned by then (a
