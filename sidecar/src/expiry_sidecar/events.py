@@ -105,34 +105,39 @@ def micro_time(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def burst_event(pod: PodRef, burst: Sequence[tuple[KillReport, Ranks]], now: datetime) -> Body:
-    """The events.k8s.io/v1 Event for a burst of kills in one pod (all with one reason).
+def pod_event(pod: PodRef, reason: str, action: str, note: str, now: datetime, *, tag: str = "") -> Body:
+    """A Warning events.k8s.io/v1 Event on the sidecar's pod, named ``<pod>.<time><tag>`` (hex).
 
     ``kubectl describe pod`` lists it: both API groups serve the same Events, ``regarding`` is the
     core ``involvedObject``, and describe finds Events by the pod's name, namespace and uid.
     """
-    first = burst[0][0]
     regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
     if pod.uid:
         regarding["uid"] = pod.uid
-    suffix = f".{int(now.timestamp() * 1e6):x}{first.worker.pid:x}"
+    suffix = f".{int(now.timestamp() * 1e6):x}{tag}"
     return {
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",
-        "metadata": {
-            "name": pod.name[: 253 - len(suffix)] + suffix,
-            "namespace": pod.namespace,
-            "annotations": kills_annotations([kill_entry(r, ranks) for r, ranks in burst]),
-        },
+        "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
         "eventTime": micro_time(now),
         "regarding": regarding,
         "type": "Warning",
-        "reason": reason_of(first),
-        "action": "Observe" if first.outcome is kills.Outcome.OBSERVED else "Kill",
-        "note": burst_note([r for r, _ in burst]),
+        "reason": reason,
+        "action": action,
+        "note": note.encode()[:MAX_NOTE].decode(errors="ignore"),
         "reportingController": REPORTING_CONTROLLER,
         "reportingInstance": pod.name[:MAX_INSTANCE],
     }
+
+
+def burst_event(pod: PodRef, burst: Sequence[tuple[KillReport, Ranks]], now: datetime) -> Body:
+    """The Event for a burst of kills in one pod (all with one reason), the kills annotated."""
+    first = burst[0][0]
+    action = "Observe" if first.outcome is kills.Outcome.OBSERVED else "Kill"
+    note = "; ".join(kill_message(report) for report, _ in burst)
+    event = pod_event(pod, reason_of(first), action, note, now, tag=f"{first.worker.pid:x}")
+    event["metadata"]["annotations"] = kills_annotations([kill_entry(r, ranks) for r, ranks in burst])
+    return event
 
 
 def series_patch(event: Body, count: int, now: datetime) -> Body:
@@ -142,32 +147,6 @@ def series_patch(event: Body, count: int, now: datetime) -> Body:
         "metadata": {"annotations": annotations},
         "series": {"count": count, "lastObservedTime": micro_time(now)},
         "note": event["note"],
-    }
-
-
-def burst_note(reports: Sequence[KillReport]) -> str:
-    note = "; ".join(kill_message(report) for report in reports)
-    return note.encode()[:MAX_NOTE].decode(errors="ignore")
-
-
-def notice_event(pod: PodRef, reason: str, note: str, now: datetime) -> Body:
-    """A Warning Event on the pod about something other than a kill (e.g. a competing timer server)."""
-    regarding: Body = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
-    if pod.uid:
-        regarding["uid"] = pod.uid
-    suffix = f".{int(now.timestamp() * 1e6):x}"
-    return {
-        "apiVersion": "events.k8s.io/v1",
-        "kind": "Event",
-        "metadata": {"name": pod.name[: 253 - len(suffix)] + suffix, "namespace": pod.namespace},
-        "eventTime": micro_time(now),
-        "regarding": regarding,
-        "type": "Warning",
-        "reason": reason,
-        "action": "Detect",
-        "note": note.encode()[:MAX_NOTE].decode(errors="ignore"),
-        "reportingController": REPORTING_CONTROLLER,
-        "reportingInstance": pod.name[:MAX_INSTANCE],
     }
 
 
@@ -260,7 +239,7 @@ class EventRecorder(Listener):
 
         def write(client: Client) -> int:
             pod = self._settle_uid(client)
-            event = notice_event(pod, reason, note, datetime.fromtimestamp(self._clock(), UTC))
+            event = pod_event(pod, reason, "Detect", note, datetime.fromtimestamp(self._clock(), UTC))
             client.request("POST", EVENTS_PATH.format(namespace=pod.namespace), event)
             return 1
 
