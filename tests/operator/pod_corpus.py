@@ -254,6 +254,10 @@ DENIED_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("expiry.io/native-sidecar", "auto"),
     ),
     "bad-events": (_with(JOBSET_POD, {"expiry.io/events": "yes"}), ("expiry.io/events", "true | false")),
+    "bad-pod-condition": (
+        _with(JOBSET_POD, {"expiry.io/pod-condition": "on"}),
+        ("expiry.io/pod-condition", "true | false"),
+    ),
     "bad-mode": (_with(JOBSET_POD, {"expiry.io/mode": "audit"}), ("expiry.io/mode", "enforce | observe")),
     "bad-deadlines": (
         _with(JOBSET_POD, {"expiry.io/deadlines": "learned"}),

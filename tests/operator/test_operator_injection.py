@@ -187,6 +187,19 @@ def test_the_pod_condition_setting_reaches_every_sidecar() -> None:
     assert on.count("--pod-condition") == 1
 
 
+def test_the_pod_condition_annotation_overrides_the_setting_either_way() -> None:
+    pod = INJECTED_CASES["options"]
+    with_it = {**pod["metadata"]["annotations"], "expiry.io/pod-condition": "true"}
+    without = {**pod["metadata"]["annotations"], "expiry.io/pod-condition": "false"}
+    on = inject({**pod, "metadata": {**pod["metadata"], "annotations": with_it}})
+    off = inject(
+        {**pod, "metadata": {**pod["metadata"], "annotations": without}},
+        settings=SidecarSettings(pod_condition=True),
+    )
+    assert sidecar_of(on)["args"].count("--pod-condition") == 1
+    assert "--pod-condition" not in sidecar_of(off)["args"]
+
+
 def test_stack_dumps_client_gives_trainers_the_dump_dir() -> None:
     pod = inject(INJECTED_CASES["stack-dumps-client"])
     assert {"name": "EXPIRY_DUMP_DIR", "value": names.DUMP_DIR} in pod["spec"]["containers"][0]["env"]

@@ -15,10 +15,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-REPORTING_CONTROLLER = "expiry.io/sidecar"
-KILL_REASONS = frozenset({"WorkerKilled", "WorkerKillFailed", "WorkerHangObserved"})
-KILLS_ANNOTATION = "expiry.io/kills"
-TRUNCATED_ANNOTATION = "expiry.io/kills-truncated"
+from expiry import names
+
+REPORTING_CONTROLLER = names.KILL_EVENT_CONTROLLER
+KILL_REASONS = frozenset({names.KILLED_REASON, names.KILL_FAILED_REASON, names.OBSERVED_REASON})
+KILLS_ANNOTATION = names.KILLS_ANNOTATION
+TRUNCATED_ANNOTATION = names.KILLS_TRUNCATED_ANNOTATION
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ SIDECAR_MEMORY = f"{P}sidecar-memory"
 STACK_DUMPS = f"{P}stack-dumps"
 NATIVE_SIDECAR = f"{P}native-sidecar"
 EVENTS = f"{P}events"
+POD_CONDITION = f"{P}pod-condition"
 MODE = f"{P}mode"
 DEADLINES = f"{P}deadlines"
 ADAPTIVE_FACTOR = f"{P}adaptive-factor"
@@ -65,6 +66,7 @@ class PodOptions:
     stack_dumps: StackDumpMode
     native_sidecar: NativeSidecarMode
     events: bool
+    pod_condition: bool
     mode: Mode
     deadlines: DeadlinePolicy
     adaptive_factor: float
@@ -93,6 +95,8 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         stack_dumps=read(STACK_DUMPS, _one_of(STACK_DUMP_MODES), defaults.stack_dumps),
         native_sidecar=read(NATIVE_SIDECAR, _one_of(NATIVE_SIDECAR_MODES), defaults.native_sidecar),
         events=read(EVENTS, _one_of(_BOOLEANS), "true" if defaults.events else "false") == "true",
+        pod_condition=read(POD_CONDITION, _one_of(_BOOLEANS), "true" if defaults.pod_condition else "false")
+        == "true",
         mode=read(MODE, _one_of(MODES), defaults.mode),
         deadlines=read(DEADLINES, _one_of(DEADLINE_POLICIES), defaults.deadlines),
         adaptive_factor=read(ADAPTIVE_FACTOR, _positive, defaults.adaptive_factor),
@@ -174,6 +178,7 @@ _KNOWN = OWN_ANNOTATIONS | {
     STACK_DUMPS,
     NATIVE_SIDECAR,
     EVENTS,
+    POD_CONDITION,
     MODE,
     DEADLINES,
     ADAPTIVE_FACTOR,

@@ -43,7 +43,7 @@ def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str,
         "name": names.SIDECAR_CONTAINER,
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": _args(settings, plan),
+        "args": _args(plan),
         "env": [
             # The pod's own identity, for the Events the sidecar records about kills: kubectl
             # describe finds Events by name, namespace and uid.
@@ -72,7 +72,7 @@ def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str,
     return container
 
 
-def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
+def _args(plan: SidecarPlan) -> list[str]:
     options = plan.options
     args = ["serve", "--fifo", names.FIFO_PATH, "--metrics-port", str(plan.metrics_port)]
     args += ["--state-file", names.STATE_PATH, "--escalate-after", _number(options.escalate_after)]
@@ -91,7 +91,7 @@ def _args(settings: SidecarSettings, plan: SidecarPlan) -> list[str]:
         args.append("--exit-when-alone")
     if options.events:
         args.append("--events")
-    if settings.pod_condition:
+    if options.pod_condition:
         args.append("--pod-condition")
     if options.stack_dumps != "off":
         args += ["--stack-dumps", names.DUMP_DIR]

@@ -28,17 +28,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from expiry import names
 from expiry_sidecar import kills
 from expiry_sidecar.apiwriter import ApiError, ApiWriter, Body, Client, PodRef
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillOrder, KillReport, Listener, signal_name
 
-KILLED = "WorkerKilled"
-KILL_FAILED = "WorkerKillFailed"
-OBSERVED = "WorkerHangObserved"
-REPORTING_CONTROLLER = "expiry.io/sidecar"
-KILLS_ANNOTATION = "expiry.io/kills"
-TRUNCATED_ANNOTATION = "expiry.io/kills-truncated"
+KILLED = names.KILLED_REASON
+KILL_FAILED = names.KILL_FAILED_REASON
+OBSERVED = names.OBSERVED_REASON
+REPORTING_CONTROLLER = names.KILL_EVENT_CONTROLLER
+KILLS_ANNOTATION = names.KILLS_ANNOTATION
+TRUNCATED_ANNOTATION = names.KILLS_TRUNCATED_ANNOTATION
 WHAT = "record a Kubernetes Event"
 PERMISSION = "create and patch events (API group events.k8s.io)"
 BURST_WINDOW = 1.0
