@@ -34,8 +34,10 @@ FIFO_CHECK_INTERVAL = 5.0
 SETTLE = 0.2
 """Seconds between inotify's word that the FIFO's name changed and the check: a server that deletes
 and remakes the file (torch's FileTimerServer) has made its FIFO by then, and opened it."""
-RIVAL_CHECK_INTERVAL = 5.0
-"""Seconds between scans for other readers of the FIFO (see rivals)."""
+RIVAL_CHECK_INTERVAL = 60.0
+"""Seconds between scans for other readers of the FIFO when nothing asked for one (see rivals): a
+safety net, since inotify reports each open of the FIFO and each close by a reader, and a scan
+follows within a few seconds (rivals.MIN_GAP); without inotify, this is the only scan."""
 COMPETING_READER = "CompetingTimerServer"
 """The reason of the Event about another process reading the FIFO."""
 
@@ -173,7 +175,10 @@ class Sidecar:
             return None
 
         def on_change() -> None:
-            if watch.changed() and not self._check_pending:
+            renamed, held = watch.changes()
+            if held:
+                self.rivals.soon()
+            if renamed and not self._check_pending:
                 self._check_pending = True
                 self.loop.call_later(SETTLE, self._check_fifo)
 

@@ -71,22 +71,38 @@ def wake_readers(path: Path) -> None:
 
 
 class NameWatch:
-    """An inotify descriptor that turns readable when the FIFO's name is removed, made or renamed."""
+    """An inotify descriptor that turns readable when the FIFO's name is removed, made or renamed,
+    and when the FIFO is opened or a reader closes it (a client connecting, another reader coming or
+    going)."""
 
     def __init__(self, path: Path) -> None:
         self._name = path.name
         self._inotify = INotify(nonblocking=True)
         try:
-            mask = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
+            mask = (
+                flags.CREATE
+                | flags.DELETE
+                | flags.MOVED_FROM
+                | flags.MOVED_TO
+                | flags.OPEN
+                | flags.CLOSE_NOWRITE
+            )
             self._inotify.add_watch(path.parent, mask)
         except OSError:
             self._inotify.close()
             raise
         self.fd: int = self._inotify.fileno()
 
-    def changed(self) -> bool:
-        """Consume the pending events; True when one was about the FIFO's name."""
-        return any(event.name == self._name for event in self._inotify.read(timeout=0))
+    def changes(self) -> tuple[bool, bool]:
+        """Consume the pending events: (the FIFO's name changed, who holds it open changed)."""
+        renamed = held = False
+        for event in self._inotify.read(timeout=0):
+            if event.name == self._name:
+                if event.mask & (flags.OPEN | flags.CLOSE_NOWRITE):
+                    held = True
+                else:
+                    renamed = True
+        return renamed, held
 
     def close(self) -> None:
         self._inotify.close()

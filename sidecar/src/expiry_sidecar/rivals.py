@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ def _cmdline(process: Path) -> str:
         return ""
 
 
+MIN_GAP = 2.0
+"""Seconds between two scans that ``soon()`` asked for."""
+
+
 class RivalWatch:
     """Keeps ``count`` (the gauge) current and reports each reader when it appears."""
 
@@ -112,35 +117,39 @@ class RivalWatch:
         self._suspects: deque[Inode] = deque(maxlen=MAX_SUSPECTS)
         self._reported: set[int] = set()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.count = 0
 
-    def start(self, interval: float, settle: float) -> None:
-        """Scan every ``interval`` seconds, and ``settle`` seconds after each ``soon()``."""
+    def start(self, interval: float, settle: float, *, gap: float = MIN_GAP) -> None:
+        """Scan every ``interval`` seconds, and ``settle`` seconds after a ``soon()``, but never
+        twice within ``gap`` seconds (torch's client opens the FIFO for every request)."""
         self._thread = threading.Thread(
-            target=self._run, args=(interval, settle), name="expiry-rivals", daemon=True
+            target=self._run, args=(interval, settle, gap), name="expiry-rivals", daemon=True
         )
         self._thread.start()
 
     def soon(self) -> None:
-        """Scan again shortly (a FIFO just replaced ours: its reader is about to show)."""
+        """Scan again shortly (a FIFO just replaced ours, or someone opened ours: a reader may show)."""
         self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=5)
 
-    def _run(self, interval: float, settle: float) -> None:
+    def _run(self, interval: float, settle: float, gap: float) -> None:
+        last = -gap
         while True:
             if self._wake.wait(interval):
-                self._wake.clear()
-                if not self._stopping:
-                    self._wake.wait(settle)
+                self._stop.wait(max(settle, last + gap - time.monotonic()))
+                self._wake.clear()  # the soon()s of the wait are answered by this scan
             if self._stopping:
                 return
+            last = time.monotonic()
             try:
                 self.check()
             except Exception:  # a background thread must outlive any surprise of /proc
