@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from expiry_sidecar import kills
+from expiry_sidecar import kills, processes
 from tests.support.sidecar import as_user
 
 ASK = "from expiry_sidecar.kills import has_cap_kill; print(has_cap_kill())"
@@ -51,3 +51,15 @@ def test_the_permission_hint_of_a_pid_gone_meanwhile_says_unknown() -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert "runs as uid unknown" in kills.permission_hint(gone.pid)
+
+
+def test_a_signal_the_kernel_rejects_is_an_error_and_harms_no_one() -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = processes.attach(sleeper.pid)
+        assert kills.send(worker, 1000) is kills.Outcome.ERROR  # EINVAL: no such signal
+        worker.close()
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
