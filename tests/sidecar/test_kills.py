@@ -26,6 +26,9 @@ def cap_kill_in(*prefix: str) -> str:
         pytest.param(
             ["setpriv", "--inh-caps=-kill", "--bounding-set=-kill"], "False", id="root-without-CAP_KILL"
         ),
+        pytest.param(
+            ["setpriv", "--inh-caps=-all", "--bounding-set=-all,+kill"], "True", id="CAP_KILL-alone"
+        ),
         pytest.param(as_user(65534), "False", id="another-uid"),
         pytest.param(
             ["unshare", "--mount", "sh", "-c", 'umount -l /proc && exec "$@"', "sh"], "False", id="no-proc"
