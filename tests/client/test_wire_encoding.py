@@ -1,0 +1,76 @@
+"""The wire format's two fast paths, held to the slow paths they stand in for.
+
+``encode`` formats plain requests itself and leaves anything else to ``json.dumps``; ``decode`` takes
+a well-formed line through one scan and leaves anything else to ``json.loads`` and strict checks.
+Each fast path must give exactly what the slow one gives: the same bytes, the same verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from expiry.wire import MalformedRequest, Request, decode, encode
+
+INTEGERS = st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.sampled_from(list(signal.Signals)))
+NUMBERS = st.one_of(INTEGERS, st.floats(allow_nan=True, allow_infinity=True))
+OPTIONAL = st.one_of(st.none(), INTEGERS)
+
+
+def reference(request: Request) -> bytes:
+    fields: dict[str, Any] = {
+        "version": 1,
+        "pid": request.pid,
+        "scope_id": request.scope_id,
+        "expiration_time": request.expiration_time,
+        "signal": request.signal,
+    }
+    if request.starttime is not None:
+        fields["starttime"] = request.starttime
+    if request.dump_signal is not None:
+        fields["dump_signal"] = request.dump_signal
+    return (json.dumps(fields, separators=(",", ":")) + "\n").encode()
+
+
+REQUESTS = st.builds(Request, INTEGERS, st.text(max_size=40), NUMBERS, INTEGERS, OPTIONAL, OPTIONAL)
+
+
+@given(REQUESTS)
+@example(Request(7, "s", float("1e400"), 9))  # an infinity that is not the math.inf object
+@example(Request(7, "s", -float("1e400"), 9))
+@example(Request(True, "s", 1.5, 9))
+@example(Request(7, "s", 1.5, 9, starttime=True))
+@example(Request(7, "s", 1.5, 9, dump_signal=False))
+@example(Request(7, 'quote " and \u00e9', 1.5, 9, 3, 10))
+def test_encode_writes_exactly_what_json_dumps_writes(request: Request) -> None:
+    assert encode(request) == reference(request)
+
+
+VALID = {"version": 1, "pid": 7, "scope_id": "s", "expiration_time": 1.5, "signal": 9}
+
+
+@pytest.mark.parametrize("layout", ["compact", "spaced", "leading space", "trailing space"])
+@pytest.mark.parametrize("dump_signal", [1, signal.SIGUSR1, signal.NSIG - 1])
+def test_a_valid_dump_signal_is_kept_on_every_path(layout: str, dump_signal: int) -> None:
+    """A leading space sends the line down the strict path; the compact one takes the fast path."""
+    separators = (",", ":") if layout == "compact" else (", ", ": ")
+    line = json.dumps({**VALID, "dump_signal": dump_signal}, separators=separators)
+    line = {"leading space": " " + line, "trailing space": line + " "}.get(layout, line)
+    assert decode(line) == Request(7, "s", 1.5, 9, None, dump_signal)
+
+
+@pytest.mark.parametrize("layout", ["compact", "leading space"])
+@pytest.mark.parametrize("dump_signal", [0, -1, signal.NSIG, True, 10.0, "10"])
+def test_an_invalid_dump_signal_is_refused_on_every_path_and_the_range_named(
+    layout: str, dump_signal: object
+) -> None:
+    line = json.dumps({**VALID, "dump_signal": dump_signal}, separators=(",", ":"))
+    with pytest.raises(
+        MalformedRequest, match=rf"dump_signal must be a signal number in 1\.\.{signal.NSIG - 1},"
+    ):
+        decode(" " + line if layout == "leading space" else line)
