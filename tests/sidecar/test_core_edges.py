@@ -44,3 +44,11 @@ def test_rearming_a_scope_at_the_same_deadline_keeps_only_the_latest_request() -
     book.arm(1, "s", 5.0, 0)  # the same deadline, now watch-only: a Timer equal in value to the first
     assert [(t.scope_id, t.signal) for t in book.pop_due(6.0)] == [("s", 0)]
     assert len(book) == 0
+
+
+def test_release_says_whether_a_timer_was_armed() -> None:
+    book = TimerBook()
+    book.arm(1, "s", 5.0, signal.SIGKILL)
+    assert book.release(1, "s") is True
+    assert book.release(1, "s") is False
+    assert book.release(2, "never") is False
