@@ -63,9 +63,9 @@ def pytest_runtest_makereport(
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = (
-            f"skipped in CI ({reason}): the real part this test needs is missing from this machine."
-            " Install it (scripts/bootstrap dev), or, for a true machine limit only, mark the test"
-            ' @pytest.mark.allow_skip("why")'
+            f"skipped in CI ({reason}): the real part this test needs is missing here. Provide it"
+            " (scripts/bootstrap dev installs the tools; the PID-namespace tests need root), or, for a"
+            ' true limit of the machine only, mark the test @pytest.mark.allow_skip("why")'
         )
     return report
 
