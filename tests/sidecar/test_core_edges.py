@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
-from expiry_sidecar.server import UNKILLABLE_AFTER
+import pytest
+
+from expiry.wire import Request, encode
+from expiry_sidecar.server import UNKILLABLE_AFTER, KillReport, Listener
+from expiry_sidecar.state import SavedTimer
 from expiry_sidecar.timers import TimerBook
 from tests.sidecar.test_core import World, line
 
@@ -26,15 +31,16 @@ def test_a_late_request_from_an_earlier_holder_of_the_pid_never_arms_on_the_curr
     assert server.stats.stale == 1
 
 
-def test_a_softer_signal_without_escalation_is_never_reported_as_unkillable() -> None:
+@pytest.mark.parametrize("softer", [signal.SIGINT, signal.SIGTERM])
+def test_a_softer_signal_without_escalation_is_never_reported_as_unkillable(softer: int) -> None:
     here = world()
-    server = here.server(kill_signal=signal.SIGTERM, escalate_after=0)
+    server = here.server(kill_signal=softer, escalate_after=0)
     server.receive(line(10, "a", here.wall(1)))
     here.now += 1
     server.expire_due()
     here.now += UNKILLABLE_AFTER + 1  # the worker heeds SIGTERM slowly, or handles it and lives on
     server.expire_due()
-    assert here.signals == [(10, signal.SIGTERM)]
+    assert here.signals == [(10, softer)]
     assert server.stats.unkillable == 0
 
 
@@ -52,3 +58,63 @@ def test_release_says_whether_a_timer_was_armed() -> None:
     assert book.release(1, "s") is True
     assert book.release(1, "s") is False
     assert book.release(2, "never") is False
+
+
+class Reports(Listener):
+    def __init__(self) -> None:
+        self.reports: list[KillReport] = []
+
+    def after_kill(self, report: KillReport) -> None:
+        self.reports.append(report)
+
+
+def test_a_kill_reports_how_late_it_came_after_the_deadline() -> None:
+    here = world()
+    reports = Reports()
+    server = here.server(listeners=[reports])
+    server.receive(line(10, "a", here.wall(1)))
+    here.now += 1.25  # the loop woke a quarter of a second late
+    server.expire_due()
+    [report] = reports.reports
+    assert report.lateness == pytest.approx(0.25)
+    assert (report.scope_id, report.signal, report.escalation) == ("a", 9, False)
+
+
+def test_a_request_already_past_its_deadline_on_arrival_fires_at_once() -> None:
+    here = world()
+    server = here.server()
+    server.receive(line(10, "late", here.wall(-5)))  # written 5 s before a busy sidecar read it
+    assert server.seconds_to_next_deadline() == 0.0
+    server.expire_due()
+    assert here.signals == [(10, 9)]
+
+
+def test_restore_takes_over_only_the_timers_of_the_same_process() -> None:
+    here = world()
+    server = here.server()
+    server.restore(
+        [
+            SavedTimer(10, 1, "mine", here.now + 60, 9),
+            SavedTimer(10, 99, "an earlier holder of pid 10", here.now + 1, 9),
+        ]
+    )
+    assert [t.scope_id for t in server.book] == ["mine"]
+    assert (server.stats.restored, server.stats.restore_dropped) == (1, 1)
+    here.now += 2
+    server.expire_due()
+    assert here.signals == []
+
+
+def test_the_dump_signal_a_worker_announced_is_kept_until_it_announces_another() -> None:
+    here = world()
+    server = here.server()
+    server.receive(encode(Request(10, "a", here.wall(60), 9, dump_signal=signal.SIGUSR1)))
+    server.receive(encode(Request(10, "b", here.wall(60), 9)))
+    assert server.workers[10].dump_signal == signal.SIGUSR1
+    server.receive(encode(Request(10, "c", here.wall(60), 9, dump_signal=signal.SIGUSR2)))
+    assert server.workers[10].dump_signal == signal.SIGUSR2
+
+
+def test_a_fresh_server_has_counted_nothing() -> None:
+    for name, value in dataclasses.asdict(world().server().stats).items():
+        assert not value, f"{name} starts at {value!r}"
