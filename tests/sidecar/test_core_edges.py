@@ -118,3 +118,31 @@ def test_the_dump_signal_a_worker_announced_is_kept_until_it_announces_another()
 def test_a_fresh_server_has_counted_nothing() -> None:
     for name, value in dataclasses.asdict(world().server().stats).items():
         assert not value, f"{name} starts at {value!r}"
+
+
+def test_the_next_deadline_is_the_earliest_live_one() -> None:
+    book = TimerBook()
+    for scope, deadline in (("a", 5.0), ("b", 1.0), ("c", 3.0), ("d", 4.0)):
+        book.arm(1, scope, deadline, signal.SIGKILL)
+    assert book.next_deadline() == 1.0
+    book.release(1, "b")
+    assert book.next_deadline() == 3.0, "a released timer's deadline is no deadline"
+
+
+def test_the_heap_stays_within_twice_the_live_timers_plus_1024_and_compacts_only_past_that() -> None:
+    """Memory bounded by the live timers; compaction (a pass over the heap) amortised over >= 1024 arms."""
+    book = TimerBook()
+    for i in range(300):
+        book.arm(1, f"live{i}", 1e9, signal.SIGKILL)
+    compactions = 0
+    for i in range(4000):
+        before = len(book._heap)
+        book.arm(2, f"s{i}", float(i), signal.SIGKILL)
+        after, limit = len(book._heap), 2 * len(book) + 1024
+        if after <= before:
+            compactions += 1
+            assert before + 1 > limit, f"compacted at {before + 1} entries, under the limit {limit}"
+            assert after == len(book)
+        assert after <= limit
+        book.release(2, f"s{i}")
+    assert compactions >= 2
