@@ -146,3 +146,36 @@ def test_the_heap_stays_within_twice_the_live_timers_plus_1024_and_compacts_only
         assert after <= limit
         book.release(2, f"s{i}")
     assert compactions >= 2
+
+
+def test_an_expiration_time_of_zero_is_an_acquire_long_past_not_a_release() -> None:
+    here = world()
+    server = here.server()
+    server.receive(line(10, "epoch", 0.0))  # only a negative time releases
+    server.expire_due()
+    assert here.signals == [(10, 9)]
+    assert (server.stats.acquires, server.stats.releases) == (1, 0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_every_positive_signal_is_sent(sig: int) -> None:
+    here = world()
+    server = here.server(escalate_after=0)
+    server.receive(line(10, "a", here.wall(1), sig=sig))
+    here.now += 1
+    server.expire_due()
+    assert here.signals == [(10, sig)]
+
+
+def test_by_default_a_softer_signal_is_escalated_after_10_seconds() -> None:
+    here = world()
+    server = here.server(kill_signal=signal.SIGTERM)
+    server.receive(line(10, "a", here.wall(1)))
+    here.now += 1
+    server.expire_due()
+    here.now += 9.9
+    server.expire_due()
+    assert here.signals == [(10, signal.SIGTERM)]
+    here.now += 0.1
+    server.expire_due()
+    assert here.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
