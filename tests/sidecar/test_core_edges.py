@@ -179,3 +179,15 @@ def test_by_default_a_softer_signal_is_escalated_after_10_seconds() -> None:
     here.now += 0.1
     server.expire_due()
     assert here.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
+
+
+def test_restoring_several_timers_of_one_process_attaches_to_it_once() -> None:
+    here = world()
+    here.alive = {10: 123_456}  # a start time past the small ints Python caches: compared by value
+    attached: list[int] = []
+    attach = here.attach
+    here.attach = lambda pid, starttime: attached.append(pid) or attach(pid, starttime)  # type: ignore[method-assign]
+    server = here.server()
+    server.restore([SavedTimer(10, int("123456"), scope, here.now + 60, 9) for scope in ("a", "b", "c")])
+    assert attached == [10]
+    assert server.stats.restored == 3
