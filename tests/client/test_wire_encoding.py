@@ -15,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from expiry.wire import MalformedRequest, Request, decode, encode
+from expiry.wire import PID_MAX, MalformedRequest, Request, decode, encode
 
 INTEGERS = st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.sampled_from(list(signal.Signals)))
 NUMBERS = st.one_of(INTEGERS, st.floats(allow_nan=True, allow_infinity=True))
@@ -74,3 +74,29 @@ def test_an_invalid_dump_signal_is_refused_on_every_path_and_the_range_named(
         MalformedRequest, match=rf"dump_signal must be a signal number in 1\.\.{signal.NSIG - 1},"
     ):
         decode(" " + line if layout == "leading space" else line)
+
+
+@pytest.mark.parametrize("layout", ["compact", "leading space"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", 0),
+        ("version", 2),
+        ("pid", 0),
+        ("pid", PID_MAX + 1),
+        ("scope_id", None),
+        ("expiration_time", True),
+        ("signal", signal.NSIG),
+        ("starttime", -1),
+    ],
+)
+def test_a_field_out_of_range_is_refused_on_every_path(layout: str, field: str, value: object) -> None:
+    line = json.dumps({**VALID, field: value}, separators=(",", ":"))
+    with pytest.raises(MalformedRequest, match=field):
+        decode(" " + line if layout == "leading space" else line)
+
+
+@pytest.mark.parametrize("tail", [" x", "{}", ",", "]", "\x00"])
+def test_bytes_after_the_request_make_the_line_malformed(tail: str) -> None:
+    with pytest.raises(MalformedRequest, match="not JSON"):
+        decode(json.dumps(VALID, separators=(",", ":")) + tail)
