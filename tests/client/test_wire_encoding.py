@@ -8,6 +8,7 @@ Each fast path must give exactly what the slow one gives: the same bytes, the sa
 from __future__ import annotations
 
 import json
+import math
 import signal
 from typing import Any
 
@@ -41,6 +42,7 @@ REQUESTS = st.builds(Request, INTEGERS, st.text(max_size=40), NUMBERS, INTEGERS,
 
 
 @given(REQUESTS)
+@example(Request(7, "s", math.inf, 9))
 @example(Request(7, "s", float("1e400"), 9))  # an infinity that is not the math.inf object
 @example(Request(7, "s", -float("1e400"), 9))
 @example(Request(True, "s", 1.5, 9))
@@ -65,7 +67,7 @@ def test_a_valid_dump_signal_is_kept_on_every_path(layout: str, dump_signal: int
 
 
 @pytest.mark.parametrize("layout", ["compact", "leading space"])
-@pytest.mark.parametrize("dump_signal", [0, -1, signal.NSIG, True, 10.0, "10"])
+@pytest.mark.parametrize("dump_signal", [0, -1, signal.NSIG, 1000, True, 10.0, "10"])
 def test_an_invalid_dump_signal_is_refused_on_every_path_and_the_range_named(
     layout: str, dump_signal: object
 ) -> None:
@@ -86,6 +88,7 @@ def test_an_invalid_dump_signal_is_refused_on_every_path_and_the_range_named(
         ("pid", PID_MAX + 1),
         ("scope_id", None),
         ("expiration_time", True),
+        ("expiration_time", -math.inf),
         ("signal", signal.NSIG),
         ("starttime", -1),
     ],
@@ -100,3 +103,21 @@ def test_a_field_out_of_range_is_refused_on_every_path(layout: str, field: str, 
 def test_bytes_after_the_request_make_the_line_malformed(tail: str) -> None:
     with pytest.raises(MalformedRequest, match="not JSON"):
         decode(json.dumps(VALID, separators=(",", ":")) + tail)
+
+
+@pytest.mark.parametrize("layout", ["compact", "leading space"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pid", 1),
+        ("pid", PID_MAX),
+        ("signal", signal.NSIG - 1),
+        ("signal", 0),
+        ("signal", -9),
+        ("starttime", 0),
+    ],
+)
+def test_a_field_at_its_bound_is_accepted_on_every_path(layout: str, field: str, value: int) -> None:
+    line = json.dumps({**VALID, field: value}, separators=(",", ":"))
+    request = decode(" " + line if layout == "leading space" else line)
+    assert getattr(request, field) == value
