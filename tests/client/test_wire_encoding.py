@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from expiry.wire import PID_MAX, MalformedRequest, Request, decode, encode
+from expiry.wire import PID_MAX, PIPE_BUF, MalformedRequest, Request, decode, encode
 
 INTEGERS = st.one_of(st.integers(-(2**70), 2**70), st.booleans(), st.sampled_from(list(signal.Signals)))
 NUMBERS = st.one_of(INTEGERS, st.floats(allow_nan=True, allow_infinity=True))
@@ -46,6 +46,7 @@ REQUESTS = st.builds(Request, INTEGERS, st.text(max_size=40), NUMBERS, INTEGERS,
 @example(Request(7, "s", float("1e400"), 9))  # an infinity that is not the math.inf object
 @example(Request(7, "s", -float("1e400"), 9))
 @example(Request(True, "s", 1.5, 9))
+@example(Request(7, "s", 1.5, True))
 @example(Request(7, "s", 1.5, 9, starttime=True))
 @example(Request(7, "s", 1.5, 9, dump_signal=False))
 @example(Request(7, 'quote " and \u00e9', 1.5, 9, 3, 10))
@@ -121,3 +122,15 @@ def test_a_field_at_its_bound_is_accepted_on_every_path(layout: str, field: str,
     line = json.dumps({**VALID, field: value}, separators=(",", ":"))
     request = decode(" " + line if layout == "leading space" else line)
     assert getattr(request, field) == value
+
+
+def test_a_line_of_exactly_pipe_buf_bytes_is_written_and_one_more_is_refused() -> None:
+    overhead = len(encode(Request(7, "", 1.5, 9)))
+    assert len(encode(Request(7, "x" * (PIPE_BUF - overhead), 1.5, 9))) == PIPE_BUF
+    with pytest.raises(ValueError, match="PIPE_BUF"):
+        encode(Request(7, "x" * (PIPE_BUF - overhead + 1), 1.5, 9))
+
+
+def test_only_a_negative_expiration_time_is_a_release() -> None:
+    assert Request(7, "s", -1.0, 9).is_release
+    assert not Request(7, "s", 0.0, 9).is_release
