@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 
 import pytest
 
 from expiry.wire import Request, encode
+from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import UNKILLABLE_AFTER, KillReport, Listener
 from expiry_sidecar.state import SavedTimer
-from expiry_sidecar.timers import TimerBook
+from expiry_sidecar.timers import Timer, TimerBook
 from tests.sidecar.test_core import World, line
 
 
@@ -61,8 +63,14 @@ def test_release_says_whether_a_timer_was_armed() -> None:
 
 
 class Reports(Listener):
-    def __init__(self) -> None:
+    def __init__(self, world: World) -> None:
+        self.world = world
         self.reports: list[KillReport] = []
+        self.before: list[tuple[int, str, int]] = []
+        """(pid, scope, signals sent so far) at each before_kill."""
+
+    def before_kill(self, worker: Worker, timer: Timer) -> None:
+        self.before.append((worker.pid, timer.scope_id, len(self.world.signals)))
 
     def after_kill(self, report: KillReport) -> None:
         self.reports.append(report)
@@ -70,14 +78,16 @@ class Reports(Listener):
 
 def test_a_kill_reports_how_late_it_came_after_the_deadline() -> None:
     here = world()
-    reports = Reports()
+    reports = Reports(here)
     server = here.server(listeners=[reports])
     server.receive(line(10, "a", here.wall(1)))
     here.now += 1.25  # the loop woke a quarter of a second late
     server.expire_due()
+    assert reports.before == [(10, "a", 0)], "listeners hear of the kill before the signal goes"
     [report] = reports.reports
     assert report.lateness == pytest.approx(0.25)
     assert (report.scope_id, report.signal, report.escalation) == ("a", 9, False)
+    assert server.stats.kills == {"SIGKILL": 1}
 
 
 def test_a_request_already_past_its_deadline_on_arrival_fires_at_once() -> None:
@@ -94,12 +104,13 @@ def test_restore_takes_over_only_the_timers_of_the_same_process() -> None:
     server = here.server()
     server.restore(
         [
-            SavedTimer(10, 1, "mine", here.now + 60, 9),
             SavedTimer(10, 99, "an earlier holder of pid 10", here.now + 1, 9),
+            SavedTimer(10, 1, "mine", here.now + 60, 9),
+            SavedTimer(10, 98, "another earlier holder", here.now + 1, 9),
         ]
     )
     assert [t.scope_id for t in server.book] == ["mine"]
-    assert (server.stats.restored, server.stats.restore_dropped) == (1, 1)
+    assert (server.stats.restored, server.stats.restore_dropped) == (1, 2)
     here.now += 2
     server.expire_due()
     assert here.signals == []
@@ -167,6 +178,17 @@ def test_every_positive_signal_is_sent(sig: int) -> None:
     assert here.signals == [(10, sig)]
 
 
+def test_an_escalation_under_a_second_still_escalates() -> None:
+    here = world()
+    server = here.server(kill_signal=signal.SIGTERM, escalate_after=0.5)
+    server.receive(line(10, "a", here.wall(1)))
+    here.now += 1
+    server.expire_due()
+    here.now += 0.5
+    server.expire_due()
+    assert here.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
+
+
 def test_by_default_a_softer_signal_is_escalated_after_10_seconds() -> None:
     here = world()
     server = here.server(kill_signal=signal.SIGTERM)
@@ -191,3 +213,47 @@ def test_restoring_several_timers_of_one_process_attaches_to_it_once() -> None:
     server.restore([SavedTimer(10, int("123456"), scope, here.now + 60, 9) for scope in ("a", "b", "c")])
     assert attached == [10]
     assert server.stats.restored == 3
+
+
+def test_malformed_lines_are_logged_once_per_chunk_with_an_example_and_valid_ones_not_at_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    here = world()
+    server = here.server()
+    caplog.set_level(logging.INFO, logger="expiry.sidecar")
+    server.receive(line(10, "a", here.wall(60)))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    bad = b"x" * 300
+    server.receive(bad + b"\n" + b"{}\n" + line(10, "b", here.wall(60)))
+    [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith("skipped 2 malformed line(s)")
+    assert warning.__dict__["malformed"] == 2
+    assert warning.__dict__["example"] == "x" * 120
+
+
+def test_restore_says_what_it_took_over_and_nothing_when_there_was_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    here = world()
+    caplog.set_level(logging.INFO, logger="expiry.sidecar")
+    here.server().restore([])
+    assert not caplog.records
+    here.server().restore(
+        [SavedTimer(10, 1, "a", here.now + 60, 9), SavedTimer(11, 5, "b", here.now + 60, 9)]
+    )
+    [record] = caplog.records
+    assert (record.__dict__["restored"], record.__dict__["dropped"]) == (1, 1)
+
+
+def test_workers_are_unwatched_when_they_exit_and_when_the_server_closes() -> None:
+    here = world()
+    here.alive = {10: 1, 11: 2}
+    unwatched: list[int] = []
+    server = here.server(on_unwatch=lambda worker: unwatched.append(worker.pid))
+    server.receive(line(10, "a", here.wall(60)) + line(11, "b", here.wall(60)))
+    server.worker_exited(99)  # never heard of: nothing to do
+    server.worker_exited(10)
+    assert unwatched == [10]
+    server.close()
+    assert unwatched == [10, 11]
+    assert server.workers == {}
