@@ -116,6 +116,7 @@ def test_bytes_after_the_request_make_the_line_malformed(tail: str) -> None:
         ("signal", 0),
         ("signal", -9),
         ("starttime", 0),
+        ("starttime", 123_456),
     ],
 )
 def test_a_field_at_its_bound_is_accepted_on_every_path(layout: str, field: str, value: int) -> None:
@@ -134,3 +135,8 @@ def test_a_line_of_exactly_pipe_buf_bytes_is_written_and_one_more_is_refused() -
 def test_only_a_negative_expiration_time_is_a_release() -> None:
     assert Request(7, "s", -1.0, 9).is_release
     assert not Request(7, "s", 0.0, 9).is_release
+
+
+def test_json_nested_too_deeply_for_the_parser_is_malformed_not_a_crash() -> None:
+    with pytest.raises(MalformedRequest, match="nested too deeply"):
+        decode("[" * 100_000 + "]" * 100_000)
