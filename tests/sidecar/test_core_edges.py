@@ -10,7 +10,7 @@ import pytest
 
 from expiry.wire import Request, encode
 from expiry_sidecar.processes import Worker
-from expiry_sidecar.server import UNKILLABLE_AFTER, KillReport, Listener
+from expiry_sidecar.server import UNKILLABLE_AFTER, KillReport, Listener, signal_name
 from expiry_sidecar.state import SavedTimer
 from expiry_sidecar.timers import Timer, TimerBook
 from tests.sidecar.test_core import World, line
@@ -78,14 +78,15 @@ class Reports(Listener):
 
 def test_a_kill_reports_how_late_it_came_after_the_deadline() -> None:
     here = world()
+    here.now = 1.0  # a monotonic clock that started a second ago: lateness is not deadline-sized
     reports = Reports(here)
     server = here.server(listeners=[reports])
     server.receive(line(10, "a", here.wall(1)))
-    here.now += 1.25  # the loop woke a quarter of a second late
+    here.now += 1 + 3.25  # the loop woke 3.25 s late
     server.expire_due()
     assert reports.before == [(10, "a", 0)], "listeners hear of the kill before the signal goes"
     [report] = reports.reports
-    assert report.lateness == pytest.approx(0.25)
+    assert report.lateness == pytest.approx(3.25)
     assert (report.scope_id, report.signal, report.escalation) == ("a", 9, False)
     assert server.stats.kills == {"SIGKILL": 1}
 
@@ -101,12 +102,13 @@ def test_a_request_already_past_its_deadline_on_arrival_fires_at_once() -> None:
 
 def test_restore_takes_over_only_the_timers_of_the_same_process() -> None:
     here = world()
+    here.alive = {10: 50}
     server = here.server()
     server.restore(
         [
-            SavedTimer(10, 99, "an earlier holder of pid 10", here.now + 1, 9),
-            SavedTimer(10, 1, "mine", here.now + 60, 9),
-            SavedTimer(10, 98, "another earlier holder", here.now + 1, 9),
+            SavedTimer(10, 99, "a later holder of pid 10", here.now + 1, 9),
+            SavedTimer(10, 50, "mine", here.now + 60, 9),
+            SavedTimer(10, 20, "an earlier holder", here.now + 1, 9),
         ]
     )
     assert [t.scope_id for t in server.book] == ["mine"]
@@ -184,7 +186,7 @@ def test_an_escalation_under_a_second_still_escalates() -> None:
     server.receive(line(10, "a", here.wall(1)))
     here.now += 1
     server.expire_due()
-    here.now += 0.5
+    here.now += 0.75  # the loop woke after the escalation was due
     server.expire_due()
     assert here.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
 
@@ -255,3 +257,45 @@ def test_workers_are_unwatched_when_they_exit_and_when_the_server_closes() -> No
     server.close()
     assert unwatched == [10, 11]
     assert server.workers == {}
+
+
+def test_a_chunk_counts_each_malformed_and_each_oversized_line_once() -> None:
+    here = world()
+    server = here.server()
+    huge = b"a" * 20_000 + b"\n"  # longer than any request may be
+    server.receive(huge + b"not json\n" + huge + b"{}\n" + line(10, "a", here.wall(60)))
+    assert server.stats.malformed == 4
+    assert len(server.book) == 1
+
+
+def test_requests_repeating_a_known_worker_s_start_time_keep_its_timers() -> None:
+    here = world()
+    here.alive = {10: 123_456}
+    server = here.server()
+    server.receive(line(10, "a", here.wall(60), starttime=123_456))
+    server.receive(line(10, "b", here.wall(60), starttime=123_456))  # the same value, another int object
+    assert sorted(t.scope_id for t in server.book) == ["a", "b"]
+
+
+def test_a_negative_signal_expires_without_killing() -> None:
+    here = world()
+    server = here.server()
+    server.receive(line(10, "watch", here.wall(1), sig=-9))
+    here.now += 2
+    server.expire_due()
+    assert here.signals == []
+    assert server.stats.expirations == 1
+
+
+def test_the_state_journal_is_told_each_worker_s_start_time_and_minus_1_for_none() -> None:
+    here = world()
+    here.alive = {10: 123_456}
+    server = here.server()
+    server.receive(line(10, "a", here.wall(60)))
+    assert server.starttime_of(10) == 123_456
+    assert server.starttime_of(11) == -1
+
+
+def test_signals_are_named_even_without_a_name() -> None:
+    assert signal_name(signal.SIGKILL) == "SIGKILL"
+    assert signal_name(33) == "SIG33"  # real-time range: no name in the signal module
