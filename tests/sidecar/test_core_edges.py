@@ -180,15 +180,16 @@ def test_every_positive_signal_is_sent(sig: int) -> None:
     assert here.signals == [(10, sig)]
 
 
-def test_an_escalation_under_a_second_still_escalates() -> None:
+@pytest.mark.parametrize("softer", [signal.SIGINT, signal.SIGTERM])
+def test_an_escalation_under_a_second_still_escalates(softer: int) -> None:
     here = world()
-    server = here.server(kill_signal=signal.SIGTERM, escalate_after=0.5)
+    server = here.server(kill_signal=softer, escalate_after=0.5)
     server.receive(line(10, "a", here.wall(1)))
     here.now += 1
     server.expire_due()
     here.now += 0.75  # the loop woke after the escalation was due
     server.expire_due()
-    assert here.signals == [(10, signal.SIGTERM), (10, signal.SIGKILL)]
+    assert here.signals == [(10, softer), (10, signal.SIGKILL)]
 
 
 def test_by_default_a_softer_signal_is_escalated_after_10_seconds() -> None:
@@ -299,3 +300,14 @@ def test_the_state_journal_is_told_each_worker_s_start_time_and_minus_1_for_none
 def test_signals_are_named_even_without_a_name() -> None:
     assert signal_name(signal.SIGKILL) == "SIGKILL"
     assert signal_name(33) == "SIG33"  # real-time range: no name in the signal module
+
+
+def test_a_kill_in_an_empty_scope_is_no_escalation() -> None:
+    here = world()
+    reports = Reports(here)
+    server = here.server(listeners=[reports])
+    server.receive(line(10, "", here.wall(1)))
+    here.now += 1
+    server.expire_due()
+    assert [r.escalation for r in reports.reports] == [False]
+    assert server.stats.escalations == 0
