@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import signal
 from typing import Any
 
@@ -140,3 +141,7 @@ def test_only_a_negative_expiration_time_is_a_release() -> None:
 def test_json_nested_too_deeply_for_the_parser_is_malformed_not_a_crash() -> None:
     with pytest.raises(MalformedRequest, match="nested too deeply"):
         decode("[" * 100_000 + "]" * 100_000)
+
+
+def test_pipe_buf_is_the_kernel_s_atomic_write_limit() -> None:
+    assert PIPE_BUF == select.PIPE_BUF
