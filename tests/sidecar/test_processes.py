@@ -47,3 +47,50 @@ def test_without_a_pidfd_a_live_worker_is_still_signalled() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_without_a_pidfd_a_worker_whose_pid_is_free_has_exited() -> None:
+    gone = subprocess.Popen(["sleep", "60"])
+    worker = processes.attach(gone.pid)
+    worker.close()
+    gone.kill()
+    gone.wait()  # reaped: no process holds the pid now
+    assert worker.has_exited()
+    assert kills.send(worker, signal.SIGKILL) is kills.Outcome.GONE
+
+
+def test_a_claimed_start_time_must_match_exactly() -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        actual = starttime(sleeper.pid)
+        assert actual is not None
+        for claimed in (actual - 1, actual + 1):
+            try:
+                processes.attach(sleeper.pid, claimed).close()
+            except processes.NotAttached as refused:
+                assert refused.reason == "identity"
+            else:
+                raise AssertionError(f"attached with a start time off by {claimed - actual}")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_each_attachment_is_its_own_hold_on_the_process() -> None:
+    """Two attachments to one process hold two pidfds: they are not interchangeable values."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        first, second = processes.attach(sleeper.pid), processes.attach(sleeper.pid)
+        assert first != second
+        assert len({first, second}) == 2
+        first.close()
+        second.close()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_command_line_of_a_vanished_process_is_empty() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert processes._cmdline(gone.pid) == ""
