@@ -145,3 +145,9 @@ def test_json_nested_too_deeply_for_the_parser_is_malformed_not_a_crash() -> Non
 
 def test_pipe_buf_is_the_kernel_s_atomic_write_limit() -> None:
     assert PIPE_BUF == select.PIPE_BUF
+
+
+def test_pid_max_is_the_kernel_s_limit_and_no_pid_here_exceeds_it() -> None:
+    assert PID_MAX == 2**22  # PID_MAX_LIMIT on 64-bit machines (include/linux/threads.h)
+    with open("/proc/sys/kernel/pid_max") as pid_max:
+        assert int(pid_max.read()) <= PID_MAX
