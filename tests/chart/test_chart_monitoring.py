@@ -91,11 +91,13 @@ def test_monitoring_objects_carry_the_selector_labels(monitored: Rendered) -> No
 def test_prometheus_rule_holds_the_rule_file(monitored: Rendered, rules_file: Path) -> None:
     """With the operator scraped (MONITORING_ON has the ServiceMonitor), every alert of the file, unchanged;
     tests/chart/test_rules.py tests what the prometheusRule values change."""
+    assert rules_file.exists(), f"{rules_file} is missing"
     groups: list[dict[str, Any]] = yaml.safe_load(rules_file.read_text())["groups"]
     assert monitored.one("PrometheusRule")["spec"]["groups"] == groups
 
 
 def test_dashboards_become_labelled_config_maps(monitored: Rendered, dashboard_files: list[Path]) -> None:
+    assert dashboard_files, "the chart has no dashboards/*.json"
     maps = [c for c in monitored.all("ConfigMap") if "dashboard" in c["metadata"]["name"]]
     assert len(maps) == len(dashboard_files)
     by_key = {key: (c, value) for c in maps for key, value in c["data"].items()}
@@ -107,6 +109,7 @@ def test_dashboards_become_labelled_config_maps(monitored: Rendered, dashboard_f
 
 
 def test_dashboards_can_go_to_grafanas_namespace(helm: Helm, dashboard_files: list[Path]) -> None:
+    assert dashboard_files, "the chart has no dashboards/*.json"
     rendered = helm.render({"monitoring": {"dashboards": {"enabled": True, "namespace": "grafana"}}})
     maps = [c for c in rendered.all("ConfigMap") if "dashboard" in c["metadata"]["name"]]
     assert {c["metadata"]["namespace"] for c in maps} == {"grafana"}

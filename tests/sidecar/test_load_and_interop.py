@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from expiry_sidecar import alone
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker
 
@@ -118,12 +119,22 @@ def test_expiry_clients_are_served_by_torch_s_own_server(tmp_path: Path) -> None
         server.stdout.close()
 
 
-def test_exit_when_alone_ends_the_sidecar_once_the_trainers_are_gone(pod: Pod, sidecar: StartSidecar) -> None:
-    server = sidecar("--exit-when-alone", "--alone-grace", "0.5")
-    time.sleep(2.5)  # alone from the start: it waits for a trainer to appear first
+def test_exit_when_alone_stays_while_a_trainer_runs_and_exits_once_it_is_gone(
+    pod: Pod, sidecar: StartSidecar
+) -> None:
+    grace = 0.5
+    server = sidecar("--exit-when-alone", "--alone-grace", str(grace))
+    time.sleep(alone.CHECK_INTERVAL + grace)  # alone from the start: it waits for a trainer to appear first
     assert server.process.poll() is None, "exited before any trainer came"
-    worker = Worker(pod, server.fifo, "blocks", "--count", "3", "--after", "60")
-    worker.expect("done 3")
-    assert worker.wait() == 0
+    trainer = Worker(pod, server.fifo, "hold", "--after", "60")
+    trainer.expect("armed")
+    server.wait_metric("expiry_timers_active", 1)  # heard from: from now on only the scan keeps it
+    trainer.tell("release")
+    trainer.expect("released")
+    # The trainer runs on, idle (no timer held): two scans and more than the grace pass meanwhile.
+    time.sleep(2 * alone.CHECK_INTERVAL + 2 * grace)
+    assert server.process.poll() is None, "exited while a trainer still ran (its process scan missed it)"
+    trainer.tell("exit")
+    assert trainer.wait() == 0
     assert server.process.wait(timeout=15) == 0
     assert any(entry["message"] == "alone in the pod: exiting" for entry in server.logs())

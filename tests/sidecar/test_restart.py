@@ -32,12 +32,25 @@ def armed_then_crashed(pod: Pod, sidecar: StartSidecar, action: str, after: floa
 
 
 def test_a_restarted_sidecar_still_kills_a_stuck_worker_on_time(pod: Pod, sidecar: StartSidecar) -> None:
-    worker, state = armed_then_crashed(pod, sidecar, "hang", after=2)
+    """On time: within a second of the deadline or, when the crash and the cold start outlasted the
+    deadline (a loaded machine), of the restarted sidecar being ready. The 3 s usually cover both.
+    Measured on the test's clock: the sidecar's own latency metric counts from the deadline it
+    restored, so a deadline restored late would not show there."""
+    after = 3.0
+    state = pod.workdir / "state.json"
+    first = sidecar("--state-file", str(state))
+    worker = Worker(pod, first.fifo, "hang", "--after", str(after))
+    worker.expect("armed")
+    deadline = time.monotonic() + after  # no earlier than the real one: "armed" is read after the arming
+    first.wait_metric("expiry_timers_active", 1)
+    crash(first)
     second = sidecar("--state-file", str(state))
+    due = max(deadline, time.monotonic())  # when the kill is due: the deadline, or the restart if later
     assert worker.wait() == -signal.SIGKILL
+    late = time.monotonic() - due
+    assert late < 1.5, f"killed {late:.2f}s after it was due"
     metrics = second.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
     assert metrics("expiry_state_restored_timers_total") == 1
-    assert metrics("expiry_kill_latency_seconds_sum") < 1.0, "the restarted sidecar fired late"
 
 
 def test_a_deadline_that_passed_while_no_sidecar_ran_fires_at_restart(

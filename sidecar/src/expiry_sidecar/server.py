@@ -279,6 +279,10 @@ class TimerServer:
         if worker is not None:
             if claimed_starttime is None or claimed_starttime == worker.starttime:
                 return worker
+            if claimed_starttime < worker.starttime:  # a late request of an earlier holder of the pid
+                self.stats.stale += 1
+                log.info("ignored a request from pid %d: it was sent by an earlier process", pid)
+                return None
             # A new process holds the pid: the one we knew must have exited.
             self.worker_exited(pid)
         try:
