@@ -9,10 +9,9 @@ import signal
 import pytest
 
 from expiry.wire import Request, encode
-from expiry_sidecar.processes import Worker
-from expiry_sidecar.server import UNKILLABLE_AFTER, KillReport, Listener, signal_name
+from expiry_sidecar.server import UNKILLABLE_AFTER, KillOrder, KillReport, Listener, signal_name
 from expiry_sidecar.state import SavedTimer
-from expiry_sidecar.timers import Timer, TimerBook
+from expiry_sidecar.timers import TimerBook
 from tests.sidecar.test_core import World, line
 
 
@@ -58,12 +57,12 @@ def test_rearming_a_scope_at_the_same_deadline_keeps_only_the_latest_request() -
     assert len(book) == 0
 
 
-def test_release_says_whether_a_timer_was_armed() -> None:
+def test_release_returns_the_timer_it_disarmed_if_one_was_armed() -> None:
     book = TimerBook()
-    book.arm(1, "s", 5.0, signal.SIGKILL)
-    assert book.release(1, "s") is True
-    assert book.release(1, "s") is False
-    assert book.release(2, "never") is False
+    armed = book.arm(1, "s", 5.0, signal.SIGKILL)
+    assert book.release(1, "s") is armed
+    assert book.release(1, "s") is None
+    assert book.release(2, "never") is None
 
 
 class Reports(Listener):
@@ -73,8 +72,8 @@ class Reports(Listener):
         self.before: list[tuple[int, str, int]] = []
         """(pid, scope, signals sent so far) at each before_kill."""
 
-    def before_kill(self, worker: Worker, timer: Timer) -> None:
-        self.before.append((worker.pid, timer.scope_id, len(self.world.signals)))
+    def before_kill(self, order: KillOrder) -> None:
+        self.before.append((order.worker.pid, order.scope_id, len(self.world.signals)))
 
     def after_kill(self, report: KillReport) -> None:
         self.reports.append(report)
