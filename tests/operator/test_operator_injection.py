@@ -13,8 +13,9 @@ from expiry import names
 from expiry_operator import record
 from expiry_operator.injection import Denied, Injected, Skipped, admit
 from expiry_operator.options import RECORD_ANNOTATION
-from expiry_operator.settings import SidecarSettings
+from expiry_operator.settings import SidecarSettings, settings_from_dict
 from expiry_sidecar import cli as sidecar_cli
+from tests.operator import pod_corpus
 from tests.operator.injection_checks import check_injected, sidecars
 from tests.operator.pod_corpus import DENIED_CASES, INJECTED_CASES, SKIPPED_CASES
 from tests.operator.pss_checker import level_of
@@ -311,3 +312,163 @@ def test_a_pod_injected_before_scrape_annotations_existed_is_upgraded_once() -> 
     assert SCRAPE.items() <= upgraded.pod["metadata"]["annotations"].items()
     again = admit(upgraded.pod, SETTINGS, native_sidecars_supported=True)
     assert isinstance(again, Injected) and not again.changed
+
+
+# Edges found by mutation testing (docs/testing.md, "Mutation report").
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"containers": [pod_corpus.trainer()], "volumes": {"name": "data"}}, ("spec.volumes",)),
+        (
+            {"containers": [pod_corpus.trainer()], "initContainers": [{"image": "x"}]},
+            ("spec.initContainers",),
+        ),
+        ({"containers": [{"image": "x"}]}, ("spec.containers",)),
+        ({"containers": [pod_corpus.trainer(env={"A": "1"})]}, ("trainer", "env must be a list")),
+        (
+            {"containers": [pod_corpus.trainer(volumeMounts="/data")]},
+            ("trainer", "volumeMounts must be a list"),
+        ),
+        ({"containers": [pod_corpus.trainer(ports=9000)]}, ("trainer", "ports must be a list")),
+        (
+            {"containers": [pod_corpus.trainer()], "initContainers": [{"name": "setup", "env": "A=1"}]},
+            ("setup", "env must be a list"),
+        ),
+    ],
+    ids=["volumes", "init-containers", "containers", "env", "volume-mounts", "ports", "init-env"],
+)
+def test_what_is_not_a_pod_is_refused_as_a_bad_request(spec: dict[str, Any], words: tuple[str, ...]) -> None:
+    outcome = admit(pod_corpus.pod("odd", spec), SETTINGS, native_sidecars_supported=True)
+    assert isinstance(outcome, Denied) and outcome.code == 400, outcome
+    for word in words:
+        assert word in outcome.message, (word, outcome.message)
+
+
+def _guaranteed_trainer(requests: dict[str, str], limits: dict[str, str]) -> dict[str, Any]:
+    pod = copy.deepcopy(INJECTED_CASES["gpu-guaranteed"])
+    pod["spec"]["containers"][0]["resources"] = {"requests": requests, "limits": limits}
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("requests", "limits"),
+    [
+        ({"cpu": "8"}, {"cpu": "8"}),  # memory unlimited
+        ({"memory": "64Gi"}, {"memory": "64Gi"}),  # cpu unlimited
+        ({"cpu": "4", "memory": "64Gi"}, {"cpu": "8", "memory": "64Gi"}),
+        ({"cpu": "lots", "memory": "64Gi"}, {"cpu": "8", "memory": "64Gi"}),  # unreadable: not equal
+    ],
+    ids=["no-memory-limit", "no-cpu-limit", "cpu-below-limit", "unreadable-request"],
+)
+def test_only_guaranteed_pods_get_a_sidecar_with_requests_equal_to_limits(
+    requests: dict[str, str], limits: dict[str, str]
+) -> None:
+    burstable = sidecar_of(inject(_guaranteed_trainer(requests, limits)))["resources"]
+    assert burstable == sidecar_of(inject(INJECTED_CASES["jobset"]))["resources"]  # the configured ones
+    assert burstable.get("requests") != burstable.get("limits")
+    guaranteed = sidecar_of(inject(_guaranteed_trainer({}, {"cpu": "8", "memory": "64Gi"})))["resources"]
+    assert guaranteed["requests"] == guaranteed["limits"]  # requests default to the limits
+
+
+def test_a_preset_timer_variable_does_not_keep_the_dump_dir_out() -> None:
+    pod = copy.deepcopy(INJECTED_CASES["env-preset"])
+    pod["metadata"]["annotations"]["expiry.io/stack-dumps"] = "client"
+    env = inject(pod)["spec"]["containers"][0]["env"]
+    assert env == [
+        {"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH},
+        {"name": names.DUMP_DIR_ENV, "value": names.DUMP_DIR},
+    ]
+
+
+def test_stack_dumps_off_in_a_parsed_config_gives_trainers_no_dump_dir() -> None:
+    settings = settings_from_dict(json.loads('{"sidecar": {"stackDumps": "off"}}')).sidecar
+    pod = inject(INJECTED_CASES["jobset"], settings=settings)
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]] == [names.TIMER_FILE_ENV]
+
+
+@pytest.mark.parametrize("field", ["labels", "annotations"])
+def test_a_label_named_like_a_pod_list_does_not_upset_readmission(field: str) -> None:
+    pod = copy.deepcopy(INJECTED_CASES["jobset"])
+    pod["metadata"].setdefault(field, {}).update({"env": "prod", "volumes": "none", "containers": "2"})
+    again = admit(inject(pod), SETTINGS, native_sidecars_supported=True)
+    assert isinstance(again, Injected) and not again.changed
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (
+            {
+                "containers": [pod_corpus.trainer()],
+                "ephemeralContainers": [{"name": names.SIDECAR_CONTAINER}],
+            },
+            ("ephemeralContainers", names.SIDECAR_CONTAINER),
+        ),
+        (
+            {
+                "containers": [
+                    pod_corpus.trainer(volumeMounts=[{"name": "v", "mountPath": names.RUN_DIR + "/"}])
+                ]
+            },
+            ("trainer", names.RUN_DIR),
+        ),
+        ({"containers": [pod_corpus.trainer()], "os": {"name": "windows"}}, ("Windows",)),
+    ],
+    ids=["reserved-ephemeral-name", "run-dir-with-slash", "windows"],
+)
+def test_more_pods_expiry_cannot_protect_are_denied(spec: dict[str, Any], words: tuple[str, ...]) -> None:
+    outcome = admit(pod_corpus.pod("odd", spec), SETTINGS, native_sidecars_supported=True)
+    assert isinstance(outcome, Denied), outcome
+    for word in words:
+        assert word in outcome.message, (word, outcome.message)
+
+
+@pytest.mark.parametrize(
+    "env", [{"value": "true"}, {"value": ""}, {"valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]
+)
+def test_only_a_torch_file_timer_value_of_1_is_denied(env: dict[str, Any]) -> None:
+    pod = pod_corpus.pod(
+        "ddp", {"containers": [pod_corpus.trainer(env=[{"name": names.TORCH_FILE_TIMER_ENV, **env}])]}
+    )
+    assert isinstance(admit(pod, SETTINGS, native_sidecars_supported=True), Injected)
+
+
+def test_a_pods_own_share_process_namespace_survives_a_strip() -> None:
+    original = copy.deepcopy(INJECTED_CASES["jobset"])
+    original["spec"]["shareProcessNamespace"] = True
+    injected = inject(original)
+    stripped = copy.deepcopy(injected)
+    record.strip(stripped, record.loads(injected["metadata"]["annotations"][RECORD_ANNOTATION]))
+    assert stripped == original
+
+
+def test_a_containers_own_zero_or_false_overrides_the_pods_security_context() -> None:
+    as_root = copy.deepcopy(INJECTED_CASES["jobset"])  # pod level: runAsUser 1000
+    as_root["spec"]["containers"][0]["securityContext"] = {"runAsUser": 0}
+    assert sidecar_of(inject(as_root))["securityContext"]["runAsUser"] == 0
+    may_be_root = copy.deepcopy(INJECTED_CASES["image-user"])
+    may_be_root["spec"]["securityContext"] = {"runAsNonRoot": True}
+    may_be_root["spec"]["containers"][0]["securityContext"] = {"runAsNonRoot": False}
+    assert sidecar_of(inject(may_be_root))["securityContext"]["capabilities"]["add"] == ["KILL"]
+
+
+def test_reordering_inside_a_container_by_another_webhook_is_not_a_change() -> None:
+    pod = copy.deepcopy(INJECTED_CASES["clashes"])  # the trainer has its own mount
+    pod["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"}]
+    reordered = inject(pod)
+    trainer = reordered["spec"]["containers"][0]
+    trainer["env"].reverse()
+    trainer["volumeMounts"].reverse()
+    outcome = admit(reordered, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(outcome, Injected) and not outcome.changed
+
+
+def test_a_container_listed_twice_is_injected_once() -> None:
+    pod = copy.deepcopy(INJECTED_CASES["clashes"])  # the trainer has its own mount
+    pod["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"}]
+    pod["metadata"]["annotations"]["expiry.io/containers"] = "trainer,trainer"
+    trainer = inject(pod)["spec"]["containers"][0]
+    assert [e["name"] for e in trainer["env"]] == ["A", names.TIMER_FILE_ENV]
+    assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/x", names.RUN_DIR]
