@@ -53,6 +53,7 @@ def start_worker(tmp_path: Path, *args: str, dump_dir: str | None) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its forked children too can be killed as one group
     )
 
 
@@ -96,10 +97,11 @@ def test_without_the_variable_nothing_is_registered_or_announced(tmp_path: Path)
 def test_a_forked_child_dumps_into_a_file_of_its_own(tmp_path: Path) -> None:
     dump_dir = tmp_path / "dumps"
     worker = start_worker(tmp_path, "fork", dump_dir=str(dump_dir))
-    child = 0
     try:
         assert worker.stdout is not None
-        lines = dict(worker.stdout.readline().split() for _ in range(2))
+        said = [worker.stdout.readline() for _ in range(2)]
+        lines = dict(line.split() for line in said if len(line.split()) == 2)
+        assert lines.keys() == {"child", "parent"}, f"the worker said {said!r}"
         child = int(lines["child"])
         os.kill(child, dumps.DUMP_SIGNAL)
         wait_for(
@@ -109,9 +111,7 @@ def test_a_forked_child_dumps_into_a_file_of_its_own(tmp_path: Path) -> None:
         child_acquire = next(r for r in requests_written(tmp_path) if r.scope_id == "child-step")
         assert (child_acquire.pid, child_acquire.dump_signal) == (child, dumps.DUMP_SIGNAL)
     finally:
-        if child:  # first: it holds the worker's stdout open
-            os.kill(child, signal.SIGKILL)
-        worker.kill()
+        os.killpg(worker.pid, signal.SIGKILL)  # the child too: it holds the worker's stdout open
         worker.communicate()
 
 

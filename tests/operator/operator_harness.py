@@ -259,6 +259,10 @@ def decoded_patch(response: dict[str, Any]) -> list[dict[str, Any]]:
     return list(yaml.safe_load(base64.b64decode(payload["patch"])))
 
 
+class PortTaken(Exception):
+    """A port chosen free was taken by another process before the operator could bind it."""
+
+
 class OperatorProcess:
     """``expiry-operator run`` as a real child process against ``api``, serving ``tls``."""
 
@@ -273,29 +277,35 @@ class OperatorProcess:
         env: dict[str, str] | None = None,
     ) -> None:
         self.extra_args = extra_args
-        self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
         self.tls = tls
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        document: dict[str, Any] = {
-            "webhook": {
-                "port": self.webhook_port,
-                "certFile": str(tls.cert),
-                "keyFile": str(tls.key),
-                "certReloadInterval": 0.2,
-            },
-            "health": {"port": self.health_port},
-            "metrics": {"port": self.metrics_port},
-        }
-        for section, values in (config or {}).items():
-            document.setdefault(section, {}).update(values)
+        self._config = config or {}
         self.config_path = workdir / "operator.yaml"
-        self.config_path.write_text(yaml.safe_dump(document))
+        self._choose_ports()
         self.log_path = workdir / "operator.log"
         self._env = {**os.environ, "KUBECONFIG": str(api.kubeconfig(workdir / "kubeconfig")), **(env or {})}
         self._process: subprocess.Popen[bytes] | None = None
         # verify= on each call: requests lets $REQUESTS_CA_BUNDLE override a Session's own setting
         self.session = requests.Session()
+
+    def _choose_ports(self) -> None:
+        """Free ports now, written to the config; another process may still take one before the
+        operator binds it (``start`` then chooses again)."""
+        self.webhook_port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        document: dict[str, Any] = {
+            "webhook": {
+                "port": self.webhook_port,
+                "certFile": str(self.tls.cert),
+                "keyFile": str(self.tls.key),
+                "certReloadInterval": 0.2,
+            },
+            "health": {"port": self.health_port},
+            "metrics": {"port": self.metrics_port},
+        }
+        for section, values in self._config.items():
+            document.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(document))
 
     def __enter__(self) -> OperatorProcess:
         self.start()
@@ -314,6 +324,17 @@ class OperatorProcess:
         return f"https://127.0.0.1:{self.webhook_port}/expiry-inject"
 
     def start(self, timeout: float = 30) -> None:
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                if attempt == 2:
+                    raise
+                self._choose_ports()
+
+    def _start(self, timeout: float) -> None:
+        before = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [str(OPERATOR_BIN), "run", "--config", str(self.config_path), *self.extra_args],
@@ -324,7 +345,10 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"operator exited with {self._process.returncode}:\n{self.log()}")
+                why = RuntimeError(f"operator exited with {self._process.returncode}:\n{self.log()}")
+                if b"address already in use" in self.log_path.read_bytes()[before:]:
+                    raise PortTaken() from why
+                raise why
             with contextlib.suppress(requests.ConnectionError):
                 if requests.get(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1).status_code == 200:
                     return
