@@ -7,6 +7,7 @@ template drops, misspells or that the operator ignores shows up as a watch that 
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import yaml
 
 from expiry import names
 from tests.operator.operator_harness import KubeApi, OperatorProcess, kill, make_tls
+from tests.support import sidecar as support
 
 if TYPE_CHECKING:
     from conftest import Helm
@@ -59,11 +61,7 @@ def reasons(api: KubeApi) -> list[str]:
     return sorted(event["reason"] for event in api.events(NS))
 
 
-def wait_for(condition: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+wait_for = functools.partial(support.wait_for, timeout=20)
 
 
 def run_operator(tmp_path: Path, config: dict[str, Any]) -> tuple[KubeApi, OperatorProcess]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.operator.operator_harness import KubeApi, OperatorProcess, kill, make_tls
+from tests.support import sidecar as support
 
 WAIT = ["train.py:30 in step", "c10d.py:2050 in all_reduce"]  # innermost last
 STUCK = ["train.py:28 in step", "data.py:10 in load"]
@@ -30,14 +32,7 @@ def operator(api: KubeApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield running
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+wait_for = functools.partial(support.wait_for, timeout=20)
 
 
 def job_pod(job: str, index: int, uid: str) -> dict[str, Any]:

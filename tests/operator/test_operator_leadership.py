@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from expiry_operator.leadership import (
 from expiry_operator.settings import ConfigError, settings_from_dict
 from tests.operator.operator_harness import KubeApi, OperatorProcess, Tls, make_tls
 from tests.operator.pod_corpus import INJECTED_CASES
+from tests.support import sidecar as support
 
 TIMING = LeaseTiming(duration=15, renew_deadline=10, retry_period=2)
 
@@ -116,14 +117,7 @@ def test_timings_that_allow_two_leaders_are_refused(timing: dict[str, float]) ->
 NAMESPACE = "expiry-system"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout} s")
+wait_for = functools.partial(support.wait_for, timeout=20)
 
 
 def holder(api: KubeApi) -> str:

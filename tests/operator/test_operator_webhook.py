@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import shutil
 import ssl
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from tests.operator.operator_harness import (
     make_tls,
 )
 from tests.operator.pod_corpus import DENIED_CASES, INJECTED_CASES, SKIPPED_CASES
+from tests.support import sidecar as support
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +56,7 @@ def counter(operator: OperatorProcess, result: str) -> float:
     raise AssertionError(f"no expiry_admissions_total for {result}")
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+wait_for = functools.partial(support.wait_for, timeout=15)
 
 
 @pytest.mark.parametrize("name", sorted(INJECTED_CASES))
