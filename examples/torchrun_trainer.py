@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,10 @@ from torchrun_store import generation_store
 
 
 def say(*words: object) -> None:
-    print(f"[rank {os.environ['RANK']} gen {os.environ['TORCHELASTIC_RESTART_COUNT']}]", *words, flush=True)
+    """One line in one write, so the lines of ranks sharing the output never interleave."""
+    who = f"[rank {os.environ['RANK']} gen {os.environ['TORCHELASTIC_RESTART_COUNT']}]"
+    sys.stdout.write(" ".join(map(str, (who, *words))) + "\n")
+    sys.stdout.flush()
 
 
 def timer(client: str) -> Any:
