@@ -25,8 +25,9 @@ that matters to expiry, with real kernel mechanisms, and nothing else:
   (the legacy sidecar order, where the sidecar is one of them); ``stop``: SIGTERM to the containers,
   then to the native sidecars in reverse order, SIGKILL after the grace period.
 
-Not done: the network (the pod shares the host's network, as with ``hostNetwork: true``: tests choose
-free ports), cgroups and resources, seccomp, restarts, liveness probes, image pulls (images must be in
+The network: the host's (as with ``hostNetwork: true``: tests choose free ports), or a network
+namespace of the pod's own made by the caller (tests/support/nodenet.py, for the local cluster's node).
+Not done: cgroups and resources, seccomp, restarts, liveness probes, image pulls (images must be in
 local storage), Secret/ConfigMap/projected volumes (use ``hostPath``).
 """
 
@@ -110,8 +111,20 @@ class Container:
 class PodRunner:
     """``PodRunner(pod, workdir).start()`` runs the pod; ``stop()`` ends it (also on ``__exit__``)."""
 
-    def __init__(self, pod: dict[str, Any], workdir: Path, *, startup_timeout: float = 60) -> None:
+    def __init__(
+        self,
+        pod: dict[str, Any],
+        workdir: Path,
+        *,
+        startup_timeout: float = 60,
+        netns: str | None = None,
+        pod_ip: str = "127.0.0.1",
+    ) -> None:
+        """``netns``: a network namespace (``ip netns``) of the pod's own, whose address is ``pod_ip``;
+        by default the pod shares this host's network."""
         self.pod = pod
+        self.netns = netns
+        self.pod_ip = pod_ip
         self.spec: dict[str, Any] = pod["spec"]
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -189,7 +202,14 @@ class PodRunner:
         init_log = self.workdir / "pod-init.log"
         with init_log.open("w") as log:
             self._init = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount-proc", *init],
+                [
+                    *(["ip", "netns", "exec", self.netns] if self.netns else []),
+                    "unshare",
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    *init,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=log,  # also unshare's complaint about the SIGKILL that ends the pod
                 text=True,
@@ -209,7 +229,8 @@ class PodRunner:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                ["nsenter", f"--target={self.init_host_pid}", "--pid", "--mount", "--",
+                ["nsenter", f"--target={self.init_host_pid}", "--pid", "--mount",
+                 *(["--net"] if self.netns else []), "--",
                  sys.executable, str(HERE / "podexec.py"), json.dumps(spec)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -287,7 +308,7 @@ class PodRunner:
             "metadata.name": metadata.get("name", ""),
             "metadata.namespace": metadata.get("namespace", "default"),
             "metadata.uid": metadata.get("uid", ""),
-            "status.podIP": "127.0.0.1",
+            "status.podIP": self.pod_ip,
             "status.hostIP": "127.0.0.1",
             "spec.nodeName": "localhost",
             "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
@@ -304,7 +325,10 @@ class PodRunner:
         probe = spec.get("startupProbe", {}).get("httpGet")
         if probe is None:
             return
-        url = f"http://127.0.0.1:{probe['port']}{probe.get('path', '/')}"
+        port = probe["port"]
+        if isinstance(port, str):  # a named port
+            port = next(p["containerPort"] for p in spec.get("ports", []) if p.get("name") == port)
+        url = f"http://{self.pod_ip}:{port}{probe.get('path', '/')}"
         give_up = time.monotonic() + self.startup_timeout
         while time.monotonic() < give_up:
             if container.process.poll() is not None:

@@ -1,0 +1,122 @@
+"""The real control plane under tests/cluster: one per test session (tests/support/cluster.py), shared by
+every test here; all of them run in one xdist worker (group "cluster"). CI fails, never skips, when the
+cluster cannot start: ``up`` raises with the failing component's log."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import cluster as local_cluster
+from tests.support.kube import ApiError, Kube, Obj, wait_for
+
+NAMESPACE = local_cluster.NAMESPACE
+TRAINER_IMAGE_PREFIX = "localhost/expiry-test-trainer"
+_names = itertools.count()
+
+# What `scripts/cluster up` installs is the chart's defaults plus these: the condition on, and the sidecar
+# RBAC bound to the default ServiceAccount of the namespace the Job tests use.
+JOBS_NAMESPACE = "ml"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    kube: Kube
+
+    def namespace(self, prefix: str, labels: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:5]}"
+        self.kube.create(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}},
+        )
+        wait_for(
+            lambda: self.kube.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+            30,
+            f"the default ServiceAccount of {name}",
+        )
+        return name
+
+    def operator_pods(self) -> list[Obj]:
+        return self.kube.items(
+            f"/api/v1/namespaces/{NAMESPACE}/pods", labelSelector="app.kubernetes.io/name=expiry"
+        )
+
+    def ready_operator_pods(self) -> list[Obj]:
+        return [p for p in self.operator_pods() if _ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+    def operator_metric(self, name: str, **labels: str) -> float:
+        """The sum over every ready operator pod of one sample, scraped over HTTP at the pod's address."""
+        total = 0.0
+        for pod in self.ready_operator_pods():
+            text = requests.get(f"http://{pod['status']['podIP']}:9465/metrics", timeout=5).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                        total += sample.value
+        return total
+
+
+def _ready(pod: Obj) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    started_here = not local_cluster.is_up()
+    kubeconfig = local_cluster.up()
+    kube = Kube.from_kubeconfig(kubeconfig)
+    wait_for(lambda: len(Cluster(kubeconfig, kube).ready_operator_pods()) >= 1, 120, "a ready operator pod")
+    yield Cluster(kubeconfig, kube)
+    if started_here:
+        local_cluster.down()
+
+
+def restricted_pod(
+    name: str, annotations: dict[str, str], image: str = "busybox:stable", **extra: Any
+) -> Obj:
+    """A pod the "restricted" Pod Security Standard admits."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": image,
+                    "command": ["sleep", "3600"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    **extra,
+                }
+            ],
+        },
+    }
+
+
+__all__ = ["JOBS_NAMESPACE", "ApiError", "Cluster", "restricted_pod"]
