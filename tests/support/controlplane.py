@@ -46,7 +46,7 @@ KWOK_POD_CIDR = "10.128.0.0/16"  # kwok's fake pods' addresses: nothing connects
 
 
 def kubernetes_version() -> str:
-    match = re.search(r"^require k8s\.io/kubernetes (v[\d.]+)$", (GO_MODULE / "go.mod").read_text(), re.M)
+    match = re.search(r"^\s*(?:require )?k8s\.io/kubernetes (v[\d.]+)(?: // indirect)?$", (GO_MODULE / "go.mod").read_text(), re.M)
     if not match:
         raise SystemExit("cluster/go.mod: no 'require k8s.io/kubernetes vX.Y.Z' line")
     return match.group(1)
@@ -97,10 +97,10 @@ def build(say: Any = print) -> Path:
         say(f"building {name} ({package}) ...")
         partial = where / f".{name}.partial"
         subprocess.run(
-            ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package],
+            ["go", "build", "-ldflags", ldflags, "-o", str(partial), package],
             cwd=module,
             check=True,
-            env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"},
+            env={**os.environ, "GOFLAGS": "-buildvcs=false"},
         )
         partial.rename(where / name)
     seconds = time.monotonic() - started
@@ -385,6 +385,7 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",  # the advertised 127.0.0.1 may not be an endpoint
                 "--profiling=false",
                 "--v=1",
             ],

@@ -48,7 +48,7 @@ class Kube:
         context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
         cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
         creds = next(u["user"] for u in config["users"] if u["name"] == (user or context["user"]))
-        session = requests.Session()
+        session = _session()
         session.verify = _file(cluster, "certificate-authority")
         if "token" in creds:
             session.headers["Authorization"] = f"Bearer {creds['token']}"
@@ -58,7 +58,7 @@ class Kube:
 
     def with_token(self, token: str) -> Kube:
         """The same server, as the owner of ``token`` (e.g. a ServiceAccount's TokenRequest token)."""
-        session = requests.Session()
+        session = _session()
         session.verify = self.session.verify
         session.headers["Authorization"] = f"Bearer {token}"
         return Kube(self.server, session)
@@ -206,6 +206,13 @@ PLURALS = {
     "NetworkPolicy": "networkpolicies",
     "PodSecurityPolicy": "podsecuritypolicies",
 }
+
+
+def _session() -> requests.Session:
+    """A session that uses only the kubeconfig: no proxy or CA bundle from the environment."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def _file(section: Obj, key: str) -> str:
