@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from expiry_operator import metrics, patch_relay, watchers
+from expiry_operator import apiclient, metrics, patch_relay, watchers
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import Settings
 
@@ -31,10 +31,7 @@ class ClusterInfo:
 
 
 def _login(registry: kopf.OperatorRegistry) -> None:
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # kopf's own minimal logins: in a pod, the service account; elsewhere, $KUBECONFIG.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(apiclient.login)  # the credentials our own client uses too
 
 
 def build_webhook_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:
