@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class ClusterInfo:
-    """Learned from the API server once the operator has logged in (see webhook.ExpiryWebhookServer)."""
+    """Learned from the API server before the webhook serves (see webhook.ExpiryWebhookServer)."""
 
     native_sidecars: bool = False
     known: bool = False

@@ -6,7 +6,7 @@ It differs from ``kopf.WebhookServer`` in four ways:
   listening socket: each new TLS connection is handed the newest successfully loaded context, and a
   half-written pair (new certificate, old key) is retried later instead of breaking the server;
 * a malformed, non-JSON or oversized body gets a 4xx with a reason, never a 500 or a crash;
-* it learns the cluster's version once kopf has logged in, for ``nativeSidecar: auto``;
+* it reads the cluster's version (``apiclient``) before serving, for ``nativeSidecar: auto``;
 * the response's JSON patch is the one the handler computed (``patch_relay``), not kopf's diff.
 """
 
