@@ -200,6 +200,7 @@ CI_APIS: dict[str, tuple[str, ...]] = {
     "cert-manager-issuer": CERT_MANAGER_APIS,
     "kube-prometheus-stack": MONITORING_APIS,
     "everything": MONITORING_APIS,
+    "escape-hatches": MONITORING_APIS,
 }
 """The CRD APIs the pretend cluster has for a value set (chart-testing renders without them)."""
 

@@ -45,6 +45,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
     "unprotectedPods": {"watch": True},
     "hangReports": {"enabled": True, "window": 5, "maxSpan": 60},
     "leaderElection": {"leaseName": "expiry"},
+    "shutdown": {"drainSeconds": 10},
 }
 
 

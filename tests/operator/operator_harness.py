@@ -361,6 +361,18 @@ class OperatorProcess:
         self._process.kill()
         self._process.wait(10)
 
+    def send_signal(self, signum: signal.Signals) -> None:
+        assert self._process is not None
+        self._process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process has exited by itself within ``timeout`` seconds."""
+        assert self._process is not None
+        return self._process.wait(timeout)
+
+    def ready_status(self) -> int:
+        return requests.get(f"http://127.0.0.1:{self.health_port}/readyz", timeout=5).status_code
+
     def stop(self) -> int | None:
         if self._process is None or self._process.poll() is not None:
             return None if self._process is None else self._process.returncode

@@ -28,6 +28,8 @@ def test_the_contract_defaults() -> None:
         True,
     )
     assert settings.sidecar.pod_condition is False
+    assert settings.sidecar.env == ()
+    assert settings.shutdown.drain_seconds == 0  # a direct run stops at once; the chart sets a drain
 
 
 def test_values_are_read(tmp_path: Path) -> None:
@@ -36,8 +38,12 @@ def test_values_are_read(tmp_path: Path) -> None:
         "sidecar:\n  image: reg/sidecar:1\n  nativeSidecar: false\n  escalateAfter: 3\n"
         "  mode: observe\n  deadlines: adaptive\n  adaptiveFactor: 3\n  adaptiveMinSamples: 50\n"
         "  adaptiveFloor: 2.5\n"
-        "  resources: {requests: {cpu: 20m}}\n  podCondition: true\nwebhook: {certFile: /c, keyFile: /k}\n"
+        "  resources: {requests: {cpu: 20m}}\n  podCondition: true\n"
+        "  env: [{name: HTTPS_PROXY, value: 'http://p:3128'},\n"
+        "        {name: T, valueFrom: {fieldRef: {fieldPath: x}}}]\n"
+        "webhook: {certFile: /c, keyFile: /k}\n"
         "unprotectedPods: {watch: false}\n"
+        "shutdown: {drainSeconds: 12.5}\n"
     )
     settings = load_settings(path)
     assert settings.sidecar.image == "reg/sidecar:1"
@@ -53,6 +59,11 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.sidecar.pod_condition is True
     assert (settings.webhook.cert_file, settings.webhook.key_file) == ("/c", "/k")
     assert settings.unprotected_pods.watch is False
+    assert settings.shutdown.drain_seconds == 12.5
+    assert settings.sidecar.env == (
+        {"name": "HTTPS_PROXY", "value": "http://p:3128"},
+        {"name": "T", "valueFrom": {"fieldRef": {"fieldPath": "x"}}},
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,6 +83,18 @@ def test_values_are_read(tmp_path: Path) -> None:
         ("sidecar: [1]", "sidecar must be a mapping"),
         ("health: {port: 8080}\nextra: 1", "unknown key(s) extra"),
         ("a: [", "not valid YAML"),
+        ("shutdown: {drainSeconds: -1}", "shutdown.drainSeconds"),
+        ("shutdown: {drain: 1}", "shutdown: unknown key(s) drain"),
+        ("sidecar: {env: {A: b}}", "sidecar.env must be a list"),
+        ("sidecar: {env: [{value: b}]}", "sidecar.env[0] must be a mapping with a non-empty name"),
+        ("sidecar: {env: [{name: EXPIRY_POD_NAME, value: b}]}", "EXPIRY_POD_NAME is the sidecar's own"),
+        (
+            "sidecar: {env: [{name: A}]}",
+            "sidecar.env[0] must have exactly name and one of value or valueFrom",
+        ),
+        ("sidecar: {env: [{name: A, value: b, valueFrom: {}}]}", "exactly name and one of value"),
+        ("sidecar: {env: [{name: A, value: 1}]}", "sidecar.env[0].value must be a string"),
+        ("sidecar: {env: [{name: A, valueFrom: x}]}", "sidecar.env[0].valueFrom must be a mapping"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, words: str) -> None:

@@ -109,8 +109,15 @@ def test_pods_not_opted_in_pass_untouched(operator: OperatorProcess, name: str) 
         ),
         (json.dumps({**admission_review({})}).replace('"uid"', '"id"').encode(), 400, "uid"),
         (b'{"kind": "AdmissionReview", "padding": "' + b"x" * (9 * 1024 * 1024) + b'"}', 413, "too large"),
+        (
+            json.dumps(admission_review({}))
+            .replace('"resource": "pods"', '"resource": "deployments"')
+            .encode(),
+            404,
+            "pods only",
+        ),
     ],
-    ids=["not-json", "not-utf8", "not-an-object", "no-request", "no-uid", "oversized"],
+    ids=["not-json", "not-utf8", "not-an-object", "no-request", "no-uid", "oversized", "not-pods"],
 )
 def test_malformed_bodies_get_a_clear_4xx(
     operator: OperatorProcess, body: bytes, status: int, words: str

@@ -86,12 +86,23 @@ app.kubernetes.io/component: operator
 
 {{/* Images ----------------------------------------------------------------------------------------- */}}
 
-{{/* repository@digest, else repository:tag with the tag defaulting to the appVersion. (dict "image" ... "root" $) */}}
+{{/* repository@digest, else repository:tag with the tag defaulting to the appVersion; global.imageRegistry, when
+     set, replaces the repository's registry (its first part when that names a host: it has a "." or a ":" or
+     is "localhost", as container runtimes decide). (dict "image" ... "root" $) */}}
 {{- define "expiry.image" -}}
+{{- $repository := .image.repository -}}
+{{- with (.root.Values.global | default dict).imageRegistry -}}
+{{- $parts := splitList "/" $repository -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $parts = rest $parts -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) (join "/" $parts) -}}
+{{- end -}}
 {{- if .image.digest -}}
-{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion .image.tag) -}}
 {{- end -}}
 {{- end -}}
 

@@ -24,6 +24,8 @@ POD_NAME_ENV: Final = "EXPIRY_POD_NAME"
 POD_NAMESPACE_ENV: Final = "EXPIRY_POD_NAMESPACE"
 POD_UID_ENV: Final = "EXPIRY_POD_UID"
 """The sidecar's own pod, from the downward API (metadata.name, .namespace, .uid): where its Events go."""
+ENV_PREFIX: Final = "EXPIRY_"
+"""Every variable above starts with it: the operator refuses extra sidecar env under it (sidecar.env)."""
 
 SIDECAR_CONTAINER: Final = "expiry-sidecar"
 VOLUME_NAME: Final = "expiry-run"

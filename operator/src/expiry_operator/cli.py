@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from expiry_operator.cluster import parse_version, supports_native_sidecars
+from expiry_operator.logs import LOG_LEVELS
 from expiry_operator.preview import ManifestError, WouldDeny, inject_documents, load_documents, render
 from expiry_operator.settings import DEFAULT_CONFIG_PATH, ConfigError, load_settings
 
@@ -21,7 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from expiry_operator.runner import run  # kopf and its dependencies only when serving
 
-            return run(load_settings(args.config), self_signed=args.self_signed, log_format=args.log_format)
+            return run(
+                load_settings(args.config),
+                self_signed=args.self_signed,
+                log_format=args.log_format,
+                log_level=args.log_level,
+            )
         return _inject(args)
     except ConfigError as e:
         print(f"expiry-operator: {e}", file=sys.stderr)
@@ -77,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("json", "text"),
         default="json",
         help="json: one object per line, as the sidecar logs (default); text: for a terminal",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="the least severe lines logged, kopf's included (default: info)",
     )
 
     inject = commands.add_parser("inject", help="print what admission would make of a manifest")

@@ -1,8 +1,6 @@
-"""The Lease loop: reads and writes the Lease with kopf's API client as ``leadership.Elector`` decides.
+"""The Lease loop: reads and writes the Lease (``apiclient``) as ``leadership.Elector`` decides.
 
-Runs for the life of the process beside the webhook. It needs kopf's credentials ``Vault`` of the
-main operator (``vault``): kopf's API calls find it in a context variable that kopf sets only in its
-own tasks.
+Runs for the life of the process beside the webhook, on the main loop.
 """
 
 from __future__ import annotations
@@ -15,11 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import kopf
-from kopf._cogs.clients import api, auth, errors
-from kopf._cogs.structs.credentials import Vault
 
 from expiry_operator import metrics
+from expiry_operator.apiclient import ApiClient, ApiError, NotFound
 from expiry_operator.leadership import (
     LEASE_API,
     Action,
@@ -34,51 +30,43 @@ from expiry_operator.leadership import (
 )
 
 logger = logging.getLogger(__name__)
-MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
-FAILURES = (errors.APIError, aiohttp.ClientError, TimeoutError)
+FAILURES = (ApiError, aiohttp.ClientError, TimeoutError)
 
 
 class LeaseClient:
     """GET, create and merge-patch one Lease, each a single attempt (the loop is the retry)."""
 
-    def __init__(self, name: str, namespace: str, settings: kopf.OperatorSettings, timeout: float) -> None:
+    def __init__(self, name: str, namespace: str, api: ApiClient) -> None:
         self.name, self.namespace = name, namespace
         self.where = f"{namespace}/{name}"
         self._collection = f"/apis/{LEASE_API}/namespaces/{namespace}/leases"
-        self._settings = settings
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._api = api
 
     async def read(self) -> Lease | None:
         try:
-            obj = await self._call("get", f"{self._collection}/{self.name}")
-        except errors.APINotFoundError:
+            obj = await self._api.get(f"{self._collection}/{self.name}")
+        except NotFound:
             return None
         return Lease.from_object(obj)
 
     async def create(self, body: dict[str, Any]) -> None:
-        await self._call("post", self._collection, payload=body)
+        await self._api.post(self._collection, body)
 
     async def patch(self, body: dict[str, Any]) -> None:
-        await self._call("patch", f"{self._collection}/{self.name}", payload=body, headers=MERGE_PATCH)
+        await self._api.merge_patch(f"{self._collection}/{self.name}", body)
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = await api.request(
-            method, url, settings=self._settings, timeout=self._timeout, backoffs=(), logger=logger, **kwargs
-        )
-        async with response:
-            return await response.json()
+    async def close(self) -> None:
+        await self._api.close()
 
 
 async def elect(
     client: LeaseClient,
     elector: Elector,
     leadership: Leadership,
-    vault: Vault,
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Keep ``leadership`` true exactly while ``elector`` says we lead; release the Lease on cancel."""
-    auth.vault_var.set(vault)  # this task's own context: kopf's API client reads it
     timing = elector.timing
     failing = False
     try:
@@ -108,6 +96,7 @@ async def elect(
         metrics.leading.set(0)
         if was_leading:
             await _release(client, elector)
+        await client.close()
 
 
 async def _round(client: LeaseClient, elector: Elector, started: float) -> None:

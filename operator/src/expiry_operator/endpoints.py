@@ -19,7 +19,7 @@ async def start_endpoints(
     async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         if ready.is_set():
             return aiohttp.web.Response(text="ready\n")
-        return aiohttp.web.Response(status=503, text="webhook not serving yet\n")
+        return aiohttp.web.Response(status=503, text="not ready: starting, or draining before it stops\n")
 
     async def metrics(_: aiohttp.web.Request) -> aiohttp.web.Response:
         body = await asyncio.to_thread(generate_latest, REGISTRY)

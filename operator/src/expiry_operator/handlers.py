@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from expiry_operator import metrics, patch_relay, watchers
+from expiry_operator import apiclient, metrics, patch_relay, watchers
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import Settings
 
@@ -24,17 +24,14 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class ClusterInfo:
-    """Learned from the API server once the operator has logged in (see webhook.ExpiryWebhookServer)."""
+    """Learned from the API server before the webhook serves (see webhook.ExpiryWebhookServer)."""
 
     native_sidecars: bool = False
     known: bool = False
 
 
 def _login(registry: kopf.OperatorRegistry) -> None:
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # kopf's own minimal logins: in a pod, the service account; elsewhere, $KUBECONFIG.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(apiclient.login)  # the credentials our own client uses too
 
 
 def build_webhook_registry(settings: Settings, cluster: ClusterInfo) -> kopf.OperatorRegistry:

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 RegistryFactory = Callable[[], kopf.OperatorRegistry]
 
 
+KOPF_RUNNING_LOGGER = "kopf._core.reactor.running"
+"""The logger of kopf's notice below, by name only (tests/operator/test_kopf_api.py checks its words)."""
+
+
 class _QuietThreadNotice(logging.Filter):
     """kopf warns that a non-main thread ignores OS signals: intended here (the main thread has them)."""
 
@@ -94,7 +98,7 @@ async def run_while_leading(
     Started before the main kopf operator and it creates no task of its own: kopf, when it stops,
     cancels every task created after it started.
     """
-    logging.getLogger("kopf._core.reactor.running").addFilter(_QuietThreadNotice())
+    logging.getLogger(KOPF_RUNNING_LOGGER).addFilter(_QuietThreadNotice())
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     leadership.notify(wake)

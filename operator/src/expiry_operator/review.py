@@ -29,3 +29,15 @@ def review_problem(review: Any) -> str | None:
     if not isinstance(new, dict) and not isinstance(old, dict):
         return "request.object (or oldObject) is missing or not an object"
     return None
+
+
+POD_RESOURCE = {"group": "", "version": "v1", "resource": "pods"}
+
+
+def unhandled_resource(review: dict[str, Any]) -> str | None:
+    """Why a well-formed review is not ours to answer (the webhook handles core v1 pods only), or None."""
+    resource = review["request"]["resource"]
+    if {key: resource[key] for key in POD_RESOURCE} != POD_RESOURCE:
+        api = f"{resource['group'] or 'core'}/{resource['version']}"
+        return f"expiry handles pods only, got {api} {resource['resource']}"
+    return None

@@ -14,9 +14,10 @@ from typing import Any
 
 import kopf
 import uvloop
-from kopf._cogs.structs.credentials import Vault
 
 from expiry_operator import identity, logs
+from expiry_operator.apiclient import ApiClient
+from expiry_operator.drain import Drain
 from expiry_operator.election import LeaseClient, elect
 from expiry_operator.endpoints import start_endpoints
 from expiry_operator.handlers import (
@@ -28,7 +29,7 @@ from expiry_operator.handlers import (
 )
 from expiry_operator.leader_watch import run_while_leading
 from expiry_operator.leadership import Elector, Leadership
-from expiry_operator.logs import LogFormat
+from expiry_operator.logs import LogFormat, LogLevel
 from expiry_operator.settings import Settings
 from expiry_operator.webhook import ExpiryWebhookServer
 
@@ -42,10 +43,17 @@ class _DropExpectedDenials(logging.Filter):
         return not record.getMessage().startswith(f"Webhook {HANDLER_ID!r} failed permanently")
 
 
-def run(settings: Settings, *, self_signed: bool = False, log_format: LogFormat = "json") -> int:
-    logs.configure(log_format)
+def run(
+    settings: Settings,
+    *,
+    self_signed: bool = False,
+    log_format: LogFormat = "json",
+    log_level: LogLevel = "info",
+) -> int:
+    logs.configure(log_format, log_level)
     per_object = logging.getLogger("kopf.objects")  # a line per admission and per pod event otherwise
-    per_object.setLevel(logging.WARNING)
+    if log_level != "debug":
+        per_object.setLevel(logging.WARNING)
     per_object.addFilter(_DropExpectedDenials())
     if not self_signed:
         _run_loop(_operate(settings, Path(settings.webhook.cert_file), Path(settings.webhook.key_file)))
@@ -68,13 +76,15 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 async def _operate(settings: Settings, cert: Path, key: Path) -> None:
     ready = asyncio.Event()
+    drain = Drain(ready, asyncio.Event(), settings.shutdown.drain_seconds)
 
     def serving() -> None:
         # What exists by now (modules, kopf's registry and settings, ...) lives as long as the process;
         # frozen, it is no longer scanned by every full collection: those scans of ~80k objects took
         # ~55 ms each, stalled every admission in flight and were the p99 latency under load.
         gc.freeze()
-        ready.set()
+        if not drain.stop.is_set() and not drain.draining:
+            ready.set()
 
     cluster = ClusterInfo()
     operator_settings = _kopf_settings()
@@ -91,17 +101,20 @@ async def _operate(settings: Settings, cert: Path, key: Path) -> None:
     runners = await start_endpoints(
         health_port=settings.health.port, metrics_port=settings.metrics.port, ready=ready
     )
-    vault = Vault()
     # Created before kopf starts: kopf cancels, when it stops, every task created after it started.
-    leader_tasks = _start_leader_only(settings, vault)
+    leader_tasks = _start_leader_only(settings)
     try:
-        await kopf.operator(
+        # kopf.operator() without its signal handlers: SIGTERM drains (drain.py) instead of stopping.
+        existing = asyncio.all_tasks()
+        tasks = await kopf.spawn_tasks(
             registry=build_webhook_registry(settings, cluster),
             settings=operator_settings,
             clusterwide=True,
             standalone=True,
-            vault=vault,
+            stop_flag=drain.stop,
         )
+        drain.install(asyncio.get_running_loop())
+        await kopf.run_tasks(tasks, ignored=existing)
     finally:
         for task in leader_tasks:  # the watches first, then the Lease: never two watchers at once
             task.cancel()
@@ -117,7 +130,7 @@ def _kopf_settings() -> kopf.OperatorSettings:
     return operator_settings
 
 
-def _start_leader_only(settings: Settings, vault: Vault) -> list[asyncio.Task[None]]:
+def _start_leader_only(settings: Settings) -> list[asyncio.Task[None]]:
     """The pod watches, in the replica holding the Lease (or always, with leader election off)."""
     if not has_leader_handlers(settings):
         return []
@@ -131,8 +144,6 @@ def _start_leader_only(settings: Settings, vault: Vault) -> list[asyncio.Task[No
     namespace = election.lease_namespace or identity.own_namespace()
     me = identity.own_identity()
     logger.info("leader election: lease %s/%s, identity %s", namespace, election.lease_name, me)
-    client = LeaseClient(
-        election.lease_name, namespace, _kopf_settings(), timeout=election.timing.retry_period
-    )
-    tasks.append(asyncio.create_task(elect(client, Elector(me, election.timing), leadership, vault)))
+    client = LeaseClient(election.lease_name, namespace, ApiClient(timeout=election.timing.retry_period))
+    tasks.append(asyncio.create_task(elect(client, Elector(me, election.timing), leadership)))
     return tasks

@@ -54,6 +54,8 @@ class SidecarSettings:
     adaptive_factor: float = 5
     adaptive_min_samples: int = 20
     adaptive_floor: float = 60
+    env: tuple[Mapping[str, Any], ...] = ()
+    """Extra EnvVar objects of the injected container (e.g. a proxy); EXPIRY_* names are the sidecar's own."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,13 @@ class LeaderElectionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShutdownSettings:
+    """On SIGTERM: not ready at once, the webhook answered ``drain_seconds`` longer (see drain.py)."""
+
+    drain_seconds: float = 0.0  # 0: stop at once; the chart sets it below terminationGracePeriodSeconds
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     sidecar: SidecarSettings = dataclasses.field(default_factory=SidecarSettings)
     webhook: WebhookSettings = dataclasses.field(default_factory=WebhookSettings)
@@ -107,6 +116,7 @@ class Settings:
     unprotected_pods: UnprotectedPodsSettings = dataclasses.field(default_factory=UnprotectedPodsSettings)
     hang_reports: HangReportSettings = dataclasses.field(default_factory=HangReportSettings)
     leader_election: LeaderElectionSettings = dataclasses.field(default_factory=LeaderElectionSettings)
+    shutdown: ShutdownSettings = dataclasses.field(default_factory=ShutdownSettings)
 
 
 def load_settings(path: str | Path | None) -> Settings:
@@ -133,6 +143,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
     unprotected = root.section("unprotectedPods")
     hang = root.section("hangReports")
     election = root.section("leaderElection")
+    shutdown = root.section("shutdown")
     root.reject_unknown()
     defaults = Settings()
     result = Settings(
@@ -158,6 +169,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
                 sidecar.positive("adaptiveMinSamples", defaults.sidecar.adaptive_min_samples, whole=True)
             ),
             adaptive_floor=sidecar.positive("adaptiveFloor", defaults.sidecar.adaptive_floor),
+            env=sidecar.env_vars("env"),
         ),
         webhook=WebhookSettings(
             port=webhook.port("port", defaults.webhook.port),
@@ -176,8 +188,11 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             max_span=hang.seconds("maxSpan", defaults.hang_reports.max_span),
         ),
         leader_election=_leader_election(election, defaults.leader_election),
+        shutdown=ShutdownSettings(
+            drain_seconds=shutdown.seconds("drainSeconds", defaults.shutdown.drain_seconds)
+        ),
     )
-    for section in (sidecar, webhook, health, metrics, unprotected, hang, election):
+    for section in (sidecar, webhook, health, metrics, unprotected, hang, election, shutdown):
         section.reject_unknown()
     return result
 
@@ -295,6 +310,30 @@ class _Section:
         result = {kind: section.quantities(kind) for kind in ("requests", "limits")}
         section.reject_unknown()
         return {kind: quantities for kind, quantities in result.items() if quantities}
+
+    def env_vars(self, key: str) -> tuple[Mapping[str, Any], ...]:
+        """A list of Kubernetes EnvVar objects: ``name`` and ``value`` (a string) or ``valueFrom``."""
+        value = self._get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(f"{self._name(key)} must be a list of {{name, value}} or {{name, valueFrom}}")
+        result = []
+        for index, item in enumerate(value):
+            where = f"{self._name(key)}[{index}]"
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+                raise ConfigError(f"{where} must be a mapping with a non-empty name")
+            if item["name"].startswith(names.ENV_PREFIX):
+                raise ConfigError(f"{where}: {item['name']} is the sidecar's own ({names.ENV_PREFIX}*)")
+            unknown = set(item) - {"name", "value", "valueFrom"}
+            if unknown or ("value" in item) == ("valueFrom" in item):
+                raise ConfigError(f"{where} must have exactly name and one of value or valueFrom")
+            if "value" in item and not isinstance(item["value"], str):
+                raise ConfigError(f"{where}.value must be a string, got {item['value']!r}")
+            if "valueFrom" in item and not isinstance(item["valueFrom"], Mapping):
+                raise ConfigError(f"{where}.valueFrom must be a mapping")
+            result.append(dict(item))
+        return tuple(result)
 
     def quantities(self, key: str) -> Mapping[str, str]:
         value = self._get(key)

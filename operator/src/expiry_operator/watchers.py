@@ -16,10 +16,10 @@ import time
 from typing import Any
 
 import kopf
-from kopf._cogs.clients import api
 
 from expiry import names
 from expiry_operator import metrics
+from expiry_operator.apiclient import ApiClient
 from expiry_operator.hang_report import DETAILS_ANNOTATION, EVENT_REASON, HangReport, report
 from expiry_operator.incidents import IncidentTracker
 from expiry_operator.kill_events import is_kill_event, parse_kill_event
@@ -34,15 +34,20 @@ REPORTING_COMPONENT = "expiry.io/operator"
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     """Add the watches that ``settings`` turns on to ``registry``."""
+    api = ApiClient()  # used on the loop of the operator that runs ``registry`` only
+
+    @kopf.on.cleanup(registry=registry)
+    async def close_client(**_: Any) -> None:
+        await api.close()
+
     if settings.unprotected_pods.watch:
-        _watch_unprotected(registry)
+        _watch_unprotected(registry, api)
     if settings.hang_reports.enabled:
-        _watch_hangs(registry, HangWatch(settings.hang_reports))
+        _watch_hangs(registry, HangWatch(settings.hang_reports, api))
 
 
-def _watch_unprotected(registry: kopf.OperatorRegistry) -> None:
+def _watch_unprotected(registry: kopf.OperatorRegistry, api: ApiClient) -> None:
     unprotected = UnprotectedPods()
-    kopf_settings = kopf.OperatorSettings()
 
     @kopf.on.event("pods", id="unprotected-pods", registry=registry)
     async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
@@ -56,7 +61,7 @@ def _watch_unprotected(registry: kopf.OperatorRegistry) -> None:
                 "v1", "Pod", body.metadata.namespace or "", body.metadata.name or "", body.metadata.uid or ""
             )
             try:
-                await post_event(pod, UNPROTECTED_REASON, message, kopf_settings)
+                await post_event(api, pod, UNPROTECTED_REASON, message)
             except Exception as e:
                 logger.error("cannot post the %s Event for pod %s: %s", UNPROTECTED_REASON, _name(body), e)
 
@@ -81,13 +86,13 @@ def _watch_hangs(registry: kopf.OperatorRegistry, watch: HangWatch) -> None:
 class HangWatch:
     """Kill Events in, one ``HangDetected`` Event per workload and incident out."""
 
-    def __init__(self, settings: HangReportSettings) -> None:
+    def __init__(self, settings: HangReportSettings, api: ApiClient) -> None:
         self.tracker = IncidentTracker(window=settings.window, max_span=settings.max_span)
         self.horizon = settings.window + settings.max_span
         self.owners: dict[tuple[str, str], Workload] = {}  # injected pods: (namespace, name) -> workload
         self._seen: dict[str, tuple[str, float]] = {}  # kill Event uid -> (its kills, when seen)
         self._flusher: asyncio.Task[None] | None = None
-        self._kopf_settings = kopf.OperatorSettings()
+        self._api = api
 
     def pod_changed(self, event_type: str | None, pod: kopf.Body) -> None:
         key = (str(pod.metadata.namespace or ""), str(pod.metadata.name or ""))
@@ -131,15 +136,13 @@ class HangWatch:
         message = hang.message()
         logger.warning("hang in %s %s/%s: %s", workload.kind, workload.namespace, workload.name, message)
         await post_event(
-            workload, EVENT_REASON, message, self._kopf_settings, {DETAILS_ANNOTATION: hang.details_json()}
+            self._api, workload, EVENT_REASON, message, {DETAILS_ANNOTATION: hang.details_json()}
         )
 
     async def _owner_from_api(self, namespace: str, pod: str, uid: str) -> Workload:
         """A pod the watch has not shown yet (e.g. just after a restart): read it once."""
         try:
-            body = await api.get(
-                f"/api/v1/namespaces/{namespace}/pods/{pod}", settings=self._kopf_settings, logger=logger
-            )
+            body = await self._api.get(f"/api/v1/namespaces/{namespace}/pods/{pod}")
         except Exception as e:
             logger.info(
                 "cannot read pod %s/%s for its workload (%s); reporting on the pod", namespace, pod, e
@@ -155,7 +158,7 @@ class HangWatch:
         if path is None:
             return workload
         try:
-            body = await api.get(path, settings=self._kopf_settings, logger=logger)
+            body = await self._api.get(path)
         except Exception as e:
             logger.info(
                 "cannot read %s %s/%s for its uid (%s)", workload.kind, workload.namespace, workload.name, e
@@ -166,10 +169,10 @@ class HangWatch:
 
 
 async def post_event(
+    api: ApiClient,
     about: Workload,
     reason: str,
     message: str,
-    settings: kopf.OperatorSettings,
     annotations: dict[str, str] | None = None,
 ) -> None:
     """Write one Warning Event (core v1) on ``about``, named as client-go names them (unique per call)."""
@@ -177,7 +180,7 @@ async def post_event(
     stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
     await api.post(
         f"/api/v1/namespaces/{about.namespace}/events",
-        payload={
+        {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
@@ -198,8 +201,6 @@ async def post_event(
             "eventTime": now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "count": 1,
         },
-        settings=settings,
-        logger=logger,
     )
 
 

@@ -6,7 +6,7 @@ It differs from ``kopf.WebhookServer`` in four ways:
   listening socket: each new TLS connection is handed the newest successfully loaded context, and a
   half-written pair (new certificate, old key) is retried later instead of breaking the server;
 * a malformed, non-JSON or oversized body gets a 4xx with a reason, never a 500 or a crash;
-* it learns the cluster's version once kopf has logged in, for ``nativeSidecar: auto``;
+* it reads the cluster's version (``apiclient``) before serving, for ``nativeSidecar: auto``;
 * the response's JSON patch is the one the handler computed (``patch_relay``), not kopf's diff.
 """
 
@@ -23,14 +23,13 @@ from typing import Any
 import aiohttp.web
 import kopf
 import orjson
-from kopf._cogs.clients import scanning
-from kopf._core.engines import admission
 
 from expiry_operator import metrics, patch_relay
+from expiry_operator.apiclient import ApiClient
 from expiry_operator.certificates import not_after
 from expiry_operator.cluster import server_version, supports_native_sidecars
 from expiry_operator.handlers import ClusterInfo
-from expiry_operator.review import review_problem
+from expiry_operator.review import review_problem, unhandled_resource
 from expiry_operator.settings import NativeSidecarMode
 
 logger = logging.getLogger(__name__)
@@ -123,13 +122,14 @@ class ExpiryWebhookServer(kopf.WebhookServer):
         if self._native_sidecar != "auto":
             self._cluster.native_sidecars = self._native_sidecar == "true"
             return
+        api = ApiClient()
         try:
-            version = server_version(
-                await scanning.read_version(settings=kopf.OperatorSettings(), logger=logger)
-            )
+            version = server_version(await api.get("/version"))
         except Exception as e:  # any failure: fall back to what runs everywhere
             logger.warning("cannot read the cluster version (%s); injecting regular-container sidecars", e)
             return
+        finally:
+            await api.close()
         self._cluster.native_sidecars = supports_native_sidecars(version)
         self._cluster.known = True
         logger.info(
@@ -156,18 +156,14 @@ class ExpiryWebhookServer(kopf.WebhookServer):
         if problem is not None:
             metrics.admissions.labels(result="error").inc()
             raise aiohttp.web.HTTPBadRequest(text=f"malformed AdmissionReview: {problem}")
+        unhandled = unhandled_resource(review)
+        if unhandled is not None:  # checked here: kopf's own error for it is not public API
+            metrics.admissions.labels(result="error").inc()
+            raise aiohttp.web.HTTPNotFound(text=unhandled)
         sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
         with metrics.admission_duration.time(), patch_relay.collecting() as patch:
-            try:
-                response = await fn(
-                    review,
-                    webhook=request.match_info.get("id"),
-                    sslpeer=sslpeer,
-                    headers=dict(request.headers),
-                )
-            except admission.UnknownResourceError as e:
-                raise aiohttp.web.HTTPNotFound(text=str(e)) from None
-            except admission.WebhookError as e:
-                raise aiohttp.web.HTTPBadRequest(text=str(e)) from None
+            response = await fn(
+                review, webhook=request.match_info.get("id"), sslpeer=sslpeer, headers=dict(request.headers)
+            )
         body = orjson.dumps(patch_relay.attach(response, patch))
         return aiohttp.web.Response(body=body, content_type="application/json")
