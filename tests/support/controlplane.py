@@ -46,7 +46,11 @@ KWOK_POD_CIDR = "10.128.0.0/16"  # kwok's fake pods' addresses: nothing connects
 
 
 def kubernetes_version() -> str:
-    match = re.search(r"^\s*(?:require )?k8s\.io/kubernetes (v[\d.]+)(?: // indirect)?$", (GO_MODULE / "go.mod").read_text(), re.M)
+    match = re.search(
+        r"^\s*(?:require )?k8s\.io/kubernetes (v[\d.]+)(?: // indirect)?$",
+        (GO_MODULE / "go.mod").read_text(),
+        re.M,
+    )
     if not match:
         raise SystemExit("cluster/go.mod: no 'require k8s.io/kubernetes vX.Y.Z' line")
     return match.group(1)
@@ -385,7 +389,7 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-aggregator-routing=true",
                 "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",  # the advertised 127.0.0.1 may not be an endpoint
+                "--endpoint-reconciler-type=none",  # the advertised 127.0.0.1 may not be an endpoint
                 "--profiling=false",
                 "--v=1",
             ],

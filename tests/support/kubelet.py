@@ -11,9 +11,11 @@ What a kubelet does that expiry's claims depend on, done against the real API se
   (HTTP GET), each container's exit code (a signal N is 128 + N, as runc reports it); Succeeded or
   Failed once the regular containers ended (restartPolicy Never/OnFailure; native sidecars are then
   stopped); the pod's conditions are kept as the API holds them (a sidecar's own condition stays);
-- a pod being deleted: SIGTERM, its grace period, SIGKILL, then the final delete (grace 0).
-Not done: container restarts, liveness probes, image pulls (images must be in local buildah storage),
-resource limits, OOM kills (a test produces exit 137 without the condition by SIGKILLing the trainer).
+- a pod being deleted: its preStop ``sleep`` hook, SIGTERM, the rest of its grace period, SIGKILL,
+  then the final delete (grace 0).
+Not done: preStop ``exec`` and ``httpGet`` hooks, container restarts, liveness probes, image pulls
+(images must be in local buildah storage), resource limits, OOM kills (a test produces exit 137
+without the condition by SIGKILLing the trainer).
 
 Run: ``python -m tests.support.kubelet STATE_DIR`` (scripts/cluster starts it).
 """
@@ -475,9 +477,17 @@ class Kubelet:
     # -- stopping a pod --------------------------------------------------------------------------------
 
     def stop_pod(self, running: RunningPod, grace: float, delete: bool) -> None:
+        """The preStop ``sleep`` hooks (the only kind run here), then SIGTERM, the rest of the grace
+        period, SIGKILL."""
         if running.runner is not None:
+            hooks = [
+                float(c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0))
+                for c in running.pod["spec"]["containers"]
+            ]
+            pause = min(max(hooks, default=0.0), float(grace)) if delete else 0.0
+            time.sleep(pause)
             with contextlib.suppress(Exception):
-                running.runner.stop(grace=max(float(grace), 0.1))
+                running.runner.stop(grace=max(float(grace) - pause, 0.1))
         if running.finished and not delete:
             with contextlib.suppress(Exception):
                 running.reported = ""
