@@ -59,16 +59,16 @@ def one_round(workdir: Path, api: KubeApi) -> tuple[float, float, float, int]:
 
 
 def image_size() -> str:
-    """The sidecar image's size as buildah reports it (every tag of it on this machine), or why not."""
+    """The sidecar image's size as ``buildah images`` reports it (the newest tag on this machine)."""
     if shutil.which("buildah") is None:
         return "n/a: no buildah"
-    listing = subprocess.run(
-        ["buildah", "images", "--json", IMAGE], capture_output=True, text=True, check=False
-    )
+    listing = subprocess.run(["buildah", "images", "--json"], capture_output=True, text=True, check=False)
     images = json.loads(listing.stdout or "[]") if listing.returncode == 0 else []
-    if not images:
+    ours = [i for i in images if any(n.startswith(f"{IMAGE}:") for n in i.get("names") or [])]
+    if not ours:
         return "n/a: not built (scripts/build-images)"
-    return f"{max(image['size'] for image in images) / 1e6:.0f}"
+    size: str = max(ours, key=lambda image: image["created"])["size"]
+    return size.removesuffix(" MB")
 
 
 def run(ctx: Context) -> list[Row]:

@@ -176,6 +176,19 @@ def test_an_error_status_carries_retry_after(
     assert client.request("GET", POD_PATH) == {"kind": "Status"}, "the connection outlives error answers"
 
 
+def test_a_kept_alive_connection_the_server_closed_is_replaced_once(
+    api: TlsApi, pki: Pki, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    config = kubeconfig(
+        tmp_path / "config", f"server: {api.url}\ncertificate-authority-data: {b64(pki.ca)}", "token: t"
+    )
+    client = client_from(config, clean_env)
+    api.hang_up = True
+    for _ in range(3):
+        assert client.request("GET", POD_PATH) == {"kind": "Status"}
+    assert len(api.seen) == 3, "each request reached the server exactly once"
+
+
 @pytest.mark.parametrize(
     ("cluster", "user", "says"),
     [

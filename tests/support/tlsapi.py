@@ -108,6 +108,9 @@ class TlsApi:
     def __init__(self, pki: Pki) -> None:
         self.seen: list[Seen] = []
         self.answers: list[Answer] = []
+        self.hang_up = False
+        """Close each connection after its answer without saying so (as a server whose keep-alive
+        timeout passed does): the client finds out at its next request."""
         self._lock = threading.Lock()
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory() as scratch:
@@ -149,6 +152,7 @@ class TlsApi:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                self.close_connection = api.hang_up
 
             do_GET = do_POST = do_PATCH = _answer
 
