@@ -93,6 +93,19 @@ def test_a_client_certificate_inline_and_the_ca_as_a_relative_file(
     assert "Authorization" not in seen.headers
 
 
+def test_the_server_url_s_path_comes_before_every_api_path(
+    api: TlsApi, pki: Pki, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """As client-go has it (a cluster behind a proxy such as Rancher's)."""
+    config = kubeconfig(
+        tmp_path / "config",
+        f"server: {api.url}/k8s/clusters/c-1/\ncertificate-authority-data: {b64(pki.ca)}",
+        "",
+    )
+    client_from(config, clean_env).request("GET", POD_PATH)
+    assert api.seen[0].path == "/k8s/clusters/c-1" + POD_PATH
+
+
 def test_a_client_certificate_in_files(
     api: TlsApi, pki: Pki, tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:

@@ -81,7 +81,7 @@ class KubeClient:
         self, method: str, path: str, data: bytes | None, headers: dict[str, str]
     ) -> tuple[http.client.HTTPResponse, bytes]:
         connection = self._connection or self._connect()
-        connection.request(method, path, body=data, headers=headers)
+        connection.request(method, self._credentials.prefix + path, body=data, headers=headers)
         response = connection.getresponse()
         return response, response.read()
 

@@ -45,6 +45,8 @@ class Credentials:
     tls: ssl.SSLContext | None
     token: str | None = None
     token_file: Path | None = None
+    prefix: str = ""
+    """The server URL's path (a proxy's, e.g. ``/k8s/clusters/c-1``), before every API path."""
     _seen: tuple[int, int, int] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -119,6 +121,7 @@ def from_kubeconfig(path: Path) -> Credentials:
         tls,
         token=user.get("token") or None,
         token_file=base / token_file if token_file else None,
+        prefix=server.path.rstrip("/"),
     )
 
 
@@ -178,6 +181,8 @@ def _named(config: dict[str, Any], plural: str, singular: str, name: Any, path: 
     else:
         chosen = next((e for e in entries if e.get("name") == name), {})
     value = chosen.get(singular)
+    if chosen and value is None:  # named, with nothing in it (a user without credentials)
+        return {}
     if not isinstance(value, dict):
         which = f"{singular} {name!r}" if name is not None else f"a current {singular}"
         raise CredentialsError(f"$KUBECONFIG {path}: no {which} in {plural}")
