@@ -11,7 +11,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import client_cost, detection, idle, kill_burst, kill_latency, memory, scaling, throughput, webhook
+from bench import (
+    client_cost,
+    detection,
+    idle,
+    kill_burst,
+    kill_latency,
+    lean,
+    memory,
+    scaling,
+    throughput,
+    webhook,
+)
 from bench.context import Context, Row
 from bench.peers import torch_missing
 from bench.table import render
@@ -26,6 +37,7 @@ FIGURES: dict[str, Callable[[Context], list[Row]]] = {
     "memory": memory.run,
     "webhook": webhook.run,
     "detection": detection.figure,
+    "lean-sidecar": lean.run,
 }
 
 

@@ -35,6 +35,11 @@ ROWS = [
     "operator RSS",
     "GPU time lost per hang, steady steps",
     "GPU time lost per hang, checkpoint/eval in own scopes",
+    "sidecar RSS, Events + pod condition, after a kill",
+    "sidecar start to /readyz, Events + pod condition",
+    "sidecar CPU time until /readyz",
+    "sidecar start to API writer ready",
+    "sidecar image size",
 ]
 
 
@@ -45,7 +50,7 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -59,5 +64,5 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
     for line in table[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[2], f"no expiry figure in {line!r}"
-        if not cells[0].startswith(("webhook", "operator", "kill latency with")):
+        if not cells[0].startswith(("webhook", "operator", "kill latency with", "sidecar ")):
             assert cells[3] and not cells[3].startswith("n/a"), f"no torch figure in {line!r}"

@@ -103,5 +103,5 @@ def test_the_default_chart_watches_and_reports(helm: Helm, tmp_path: Path) -> No
     with api, operator:
         api.create_pod(bypassed_pod())
         wait_for(lambda: reasons(api) == ["ExpiryNotInjected"])
-        assert f'expiry_unprotected_pods{{namespace="{NS}"}} 1.0' in operator.metrics()
+        assert f'expiry_unprotected_pods{{pod_namespace="{NS}"}} 1.0' in operator.metrics()
         assert "WATCH" in api.reads("pods") or "LIST" in api.reads("pods")

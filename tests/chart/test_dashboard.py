@@ -37,8 +37,6 @@ DATASOURCE_UID = "${datasource}"
 
 TARGET_LABELS = frozenset({"namespace", "pod", "container", "job", "instance", "endpoint", "service"})
 """Labels Prometheus adds to every series from a PodMonitor/ServiceMonitor target."""
-RENAMED_LABELS = frozenset({"exported_namespace"})
-"""A metric's own ``namespace`` label, renamed by a scrape that does not honor labels."""
 PROMETHEUS_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
 """Series Prometheus makes itself for each target."""
 OPERATOR_METRICS = (
@@ -49,7 +47,7 @@ OPERATOR_METRICS = (
     "expiry_webhook_certificate",
 )
 """Prefixes of the operator's series: its panels do not follow $namespace/$pod (the pods' namespace is
-``exported_namespace`` there, and the operator has no pod of the selection)."""
+``pod_namespace`` there, and the operator has no pod of the selection)."""
 GRAFANA_DURATIONS = {"__rate_interval": "2m", "__interval": "30s", "__range": "6h"}
 SIDECAR_VARIABLES = ("namespace", "pod")
 
@@ -370,13 +368,13 @@ def operator_scrapes(tmp_path: Path) -> Scrapes:
         assert operator.admit(annotated_pod("injected"))["response"]["allowed"]
         api.create_pod(annotated_pod("created-while-the-webhook-was-down"))
         wait_for(
-            lambda: Metrics(operator.metrics())("expiry_unprotected_pods", namespace="team-a") == 1,
+            lambda: Metrics(operator.metrics())("expiry_unprotected_pods", pod_namespace="team-a") == 1,
             what="the operator to count the unprotected pod",
         )
         api.post_kill_event(annotated_pod("created-while-the-webhook-was-down"), [kill(0, "train.py:88", [])])
         wait_for(
             lambda: (
-                Metrics(operator.metrics())("expiry_hang_incidents_total", namespace="team-a", kind="Pod")
+                Metrics(operator.metrics())("expiry_hang_incidents_total", pod_namespace="team-a", kind="Pod")
                 == 1
             ),
             what="the operator to report the hang",
@@ -393,7 +391,7 @@ def exported(sidecar_scrapes: Scrapes, operator_scrapes: Scrapes) -> dict[str, f
 
 def missing(queries: list[Query], known: dict[str, frozenset[str]]) -> list[str]:
     """What each query asks for that no series has: unknown names, unknown labels."""
-    added = TARGET_LABELS | RENAMED_LABELS
+    added = TARGET_LABELS
     problems = []
     for query in queries:
         seen = uses(query)

@@ -133,8 +133,8 @@ def test_one_job_and_one_jobset_give_one_report_each_naming_the_odd_rank(
     time.sleep(1.5)  # a second window: still exactly one report each
     assert len(hang_events(api, "train")) == len(hang_events(api, "llama")) == 1
     metrics = operator.metrics()
-    assert 'expiry_hang_incidents_total{kind="Job",namespace="ml"} 1.0' in metrics
-    assert 'expiry_hang_incidents_total{kind="JobSet",namespace="ml"} 1.0' in metrics
+    assert 'expiry_hang_incidents_total{kind="Job",pod_namespace="ml"} 1.0' in metrics
+    assert 'expiry_hang_incidents_total{kind="JobSet",pod_namespace="ml"} 1.0' in metrics
 
 
 def test_two_unrelated_jobs_hanging_together_are_never_merged(

@@ -20,7 +20,8 @@ def test_every_line_is_json_with_the_sidecars_keys_and_kopf_speaks_it_too(tmp_pa
     loggers = {entry["logger"] for entry in entries}
     assert any(name.startswith("kopf") for name in loggers), loggers
     assert any(name.startswith("expiry_operator") for name in loggers), loggers
-    assert f'expiry_build_info{{version="{__version__}"}} 1.0' in metrics
+    assert f'expiry_build_info{{component="operator",version="{__version__}"}} 1.0' in metrics
+    assert "_created" not in metrics, "prometheus_client's _created series are exported"
 
 
 def test_text_format_for_a_terminal(tmp_path: Path) -> None:

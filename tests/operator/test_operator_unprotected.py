@@ -59,7 +59,7 @@ def operator(api: KubeApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def gauge(operator: OperatorProcess) -> float | None:
     for line in operator.metrics().splitlines():
-        if line.startswith(f'expiry_unprotected_pods{{namespace="{NS}"}}'):
+        if line.startswith(f'expiry_unprotected_pods{{pod_namespace="{NS}"}}'):
             return float(line.split()[-1])
     return None
 

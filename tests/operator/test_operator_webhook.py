@@ -168,11 +168,11 @@ def test_unprotected_pods_are_reported(operator: OperatorProcess, api: KubeApi) 
     events = wait_for(lambda: [e for e in api.events("team-a") if e["reason"] == "ExpiryNotInjected"])
     assert [e["involvedObject"]["name"] for e in events] == ["bypassed"]
     assert events[0]["type"] == "Warning" and "expiry.io/enabled" in events[0]["message"]
-    wait_for(lambda: 'expiry_unprotected_pods{namespace="team-a"} 1.0' in operator.metrics())
+    wait_for(lambda: 'expiry_unprotected_pods{pod_namespace="team-a"} 1.0' in operator.metrics())
     assert "unprotected pod team-a/bypassed" in operator.log()
 
     api.delete_pod("team-a", "bypassed")
-    wait_for(lambda: 'expiry_unprotected_pods{namespace="team-a"} 0.0' in operator.metrics())
+    wait_for(lambda: 'expiry_unprotected_pods{pod_namespace="team-a"} 0.0' in operator.metrics())
 
 
 def served_certificate(port: int) -> str:

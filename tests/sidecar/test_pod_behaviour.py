@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import tempfile
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from expiry_sidecar import __version__
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker, raw_write, request, wait_for
 
@@ -25,6 +27,28 @@ def test_blocks_that_finish_in_time_kill_nothing(pod: Pod, sidecar: StartSidecar
     assert metrics("expiry_requests_total", kind="acquire") == 50
     assert metrics("expiry_kills_total", signal="SIGKILL") == 0
     assert metrics("expiry_timers_active") == 0
+
+
+def test_the_series_a_scrape_finds_from_start_to_a_kill(pod: Pod, sidecar: StartSidecar) -> None:
+    """The names of the upgrade notes (CHANGELOG 0.2): build info says which component, the next
+    deadline is there when nothing is armed (+Inf), no _created series, per-scope expirations named
+    without their label."""
+    server = sidecar("--scope-metrics")
+    idle = server.metrics()
+    assert idle("expiry_build_info", version=__version__, component="sidecar") == 1
+    assert idle("expiry_next_deadline_seconds") == math.inf
+    worker = Worker(pod, server.fifo, "hang", "--after", "3")
+    worker.expect("armed")
+    assert 0 < server.wait_metric("expiry_timers_active", 1)("expiry_next_deadline_seconds") <= 3
+    assert worker.wait() == -signal.SIGKILL
+    killed = server.wait_metric("expiry_kills_total", 1, signal="SIGKILL")
+    (scope,) = [
+        dict(labels)["scope"] for name, labels in killed.samples if name == "expiry_timer_expirations_total"
+    ]
+    assert scope.endswith(tuple(f"worker.py#{n}" for n in range(1, 1000))), scope
+    assert killed("expiry_timer_expirations_total", scope=scope) == 1
+    assert killed("expiry_next_deadline_seconds") == math.inf
+    assert not [name for name in killed.names() if name.endswith("_created") or "by_scope" in name]
 
 
 def test_a_stuck_block_is_killed_at_its_deadline(pod: Pod, sidecar: StartSidecar) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from expiry_operator import __version__
+
+# no `_created` series: a sample per counter and histogram that nobody queries
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ADMISSION_RESULTS = ("injected", "skipped", "denied", "error")
 
@@ -21,7 +24,7 @@ admission_duration = Histogram(
 unprotected_pods = Gauge(
     "expiry_unprotected_pods",
     "Pods opted in with expiry.io/enabled (or misspelling it) that run without the injected sidecar",
-    ["namespace"],
+    ["pod_namespace"],
 )
 webhook_certificate_expiry = Gauge(
     "expiry_webhook_certificate_expiry_timestamp_seconds",
@@ -29,16 +32,16 @@ webhook_certificate_expiry = Gauge(
 )
 hang_incidents = Counter(
     "expiry_hang_incidents_total",
-    "Hang incidents reported (one HangDetected Event each), by namespace and workload kind",
-    ["namespace", "kind"],
+    "Hang incidents reported (one HangDetected Event each), by the pods' namespace and workload kind",
+    ["pod_namespace", "kind"],
 )
 
 leading = Gauge(
     "expiry_operator_leading",
     "1 while this replica holds the Lease and runs the pod watches (exactly one replica should)",
 )
-build_info = Gauge("expiry_build_info", "expiry-operator build", ["version"])
-build_info.labels(version=__version__).set(1)
+build_info = Gauge("expiry_build_info", "expiry build: its version and component", ["version", "component"])
+build_info.labels(version=__version__, component="operator").set(1)
 
 for _result in ADMISSION_RESULTS:
     admissions.labels(result=_result)

@@ -53,7 +53,7 @@ def _watch_unprotected(registry: kopf.OperatorRegistry, api: ApiClient) -> None:
     async def watch_pods(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         found = unprotected.observe(event.get("type"), body)
         for namespace, count in unprotected.counts().items():
-            metrics.unprotected_pods.labels(namespace=namespace).set(count)
+            metrics.unprotected_pods.labels(pod_namespace=namespace).set(count)
         if found:
             message = warning(body)
             logger.warning("unprotected pod %s: %s", _name(body), message)
@@ -130,7 +130,7 @@ class HangWatch:
 
     async def _post(self, hang: HangReport) -> None:
         workload = hang.incident.workload
-        metrics.hang_incidents.labels(namespace=workload.namespace, kind=workload.kind).inc()
+        metrics.hang_incidents.labels(pod_namespace=workload.namespace, kind=workload.kind).inc()
         if not workload.uid:
             workload = await self._with_uid(workload)
         message = hang.message()

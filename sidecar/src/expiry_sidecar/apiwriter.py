@@ -3,7 +3,7 @@ bounded queue, one thread, one "said once per outage" rule.
 
 Writers (Events, the pod condition) never block the loop or a kill: :meth:`ApiWriter.submit` queues a
 piece of work and returns a future at once; when the queue is full, or the API cannot be reached at
-all (no client library, no credentials, no pod name), the future fails at once. Urgent work (the pod
+all (no credentials, no pod name), the future fails at once. Urgent work (the pod
 condition, which a kill waits for) goes before anything queued; other work may be delayed (the Events
 of a burst of kills wait for the burst to end). Each request has a timeout; the client does not retry,
 except after an answer 429 (too many requests), which the writer honours: it waits as long as the
@@ -13,7 +13,9 @@ Failures are said once per outage, whatever failed: the first after a success (o
 is logged with what to fix, the next are only counted by their writers, and the first success after
 them is logged too.
 
-Credentials are the pod's service account (in-cluster config), or ``$KUBECONFIG`` when that is set.
+The client is :mod:`.kubeclient` (the standard library's HTTP over one kept-alive connection);
+credentials are the pod's service account (in-cluster config), or ``$KUBECONFIG`` when that is set
+(:mod:`.kubecreds`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import os
 import threading
@@ -33,15 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from expiry.names import POD_NAME_ENV, POD_NAMESPACE_ENV, POD_UID_ENV
+from expiry_sidecar.kubeclient import ApiError, ApiUnavailable, Body, KubeClient
 
 log = logging.getLogger("expiry.sidecar")
 
 T = TypeVar("T")
-Body = dict[str, Any]
 
 QUEUE_SIZE = 100
-REQUEST_TIMEOUT = (3.0, 5.0)
-"""(connect, read) seconds for each API request."""
 FLUSH_TIMEOUT = 3.0
 """How long stopping the sidecar waits for queued writes."""
 RETRY_AFTER_DEFAULT = 1.0
@@ -63,60 +62,9 @@ class PodRef:
         return cls(name, namespace, os.environ.get(POD_UID_ENV) or None)
 
 
-class ApiUnavailable(Exception):
-    """Nothing can be written at all (no client library, no credentials, no pod name): said once."""
-
-
-class ApiError(Exception):
-    """The API server answered with an error status."""
-
-    def __init__(self, status: int, reason: str, retry_after: str | None = None) -> None:
-        super().__init__(f"the API server answered {status} {reason}".rstrip())
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 class Client(Protocol):
     def request(self, method: str, path: str, body: Body | None = None, content_type: str = ...) -> Body:
         """Send one request; the answer's JSON body; raises ApiError on an error status."""
-
-
-class KubernetesClient:
-    """The ``kubernetes`` package's configuration and HTTP pool, without its generated API modules
-    (the core API's module alone costs the process 20 MB)."""
-
-    def __init__(self) -> None:
-        try:
-            from kubernetes import client, config
-        except ImportError:
-            raise ApiUnavailable(
-                "the kubernetes package is not installed (pip install 'expiry-sidecar[events]')"
-            ) from None
-        configuration = client.Configuration()
-        try:
-            if os.environ.get("KUBECONFIG"):
-                config.load_kube_config(client_configuration=configuration, persist_config=False)  # type: ignore[no-untyped-call]
-            else:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError) as exc:
-            raise ApiUnavailable(f"no Kubernetes credentials: {exc}") from None
-        configuration.retries = False  # the writer decides what is tried again
-        self._api: Any = client.ApiClient(configuration)
-
-    def request(
-        self, method: str, path: str, body: Body | None = None, content_type: str = "application/json"
-    ) -> Body:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        serialized = self._api.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        response = self._api.call_api(*serialized, _request_timeout=REQUEST_TIMEOUT)
-        data = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiError(response.status, response.reason or "", response.getheader("Retry-After"))
-        answer = json.loads(data) if data else {}
-        return answer if isinstance(answer, dict) else {}
 
 
 def describe_failure(exc: BaseException, permission: str, namespace: str) -> str:
@@ -157,7 +105,7 @@ class ApiWriter:
         self,
         pod: PodRef | None,
         *,
-        connect: Callable[[], Client] = KubernetesClient,
+        connect: Callable[[], Client] = KubeClient,
         queue_size: int = QUEUE_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

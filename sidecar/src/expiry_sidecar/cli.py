@@ -115,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--scope-metrics",
         action="store_true",
-        help="count expirations by scope id (expiry_expirations_by_scope_total; at most 200 scopes)",
+        help="count expirations by scope id (expiry_timer_expirations_total; at most 200 scopes)",
     )
     common.add_argument(
         "--stack-dumps",

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
-from expiry_sidecar.apiwriter import ApiWriter, Body, PodRef
+from expiry_sidecar.apiwriter import ApiWriter, PodRef
+from expiry_sidecar.kubeclient import Body
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillOrder, Listener, signal_name
 

@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 
 from expiry import names
 from expiry_sidecar import kills
-from expiry_sidecar.apiwriter import ApiError, ApiWriter, Body, Client, PodRef
+from expiry_sidecar.apiwriter import ApiWriter, Client, PodRef
+from expiry_sidecar.kubeclient import ApiError, Body
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillOrder, KillReport, Listener, signal_name
 

@@ -68,10 +68,8 @@ def run_command(options: Options, argv: Sequence[str], *, print_metrics: bool = 
 
 
 def _exposition(sidecar: Sidecar) -> str:
-    """The final series for a person to read: no HELP/TYPE comments, histogram buckets or _created."""
+    """The final series for a person to read: no HELP/TYPE comments or histogram buckets."""
     text = generate_latest(sidecar.registry).decode()
     return "".join(
-        line + "\n"
-        for line in text.splitlines()
-        if line.startswith("expiry_") and "_bucket{" not in line and "_created" not in line
+        line + "\n" for line in text.splitlines() if line.startswith("expiry_") and "_bucket{" not in line
     )

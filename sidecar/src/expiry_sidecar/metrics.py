@@ -8,16 +8,20 @@ and never become labels.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from expiry_sidecar import __version__, kills
 from expiry_sidecar.blocks import PROMETHEUS_BOUNDS, BlockStats, ScopeStats
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
+
+# no `_created` series: a sample per counter and histogram that nobody queries
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FAILURE_REASONS = tuple(
@@ -75,10 +79,11 @@ class ServerCollector(Collector):
             value=len(server.workers),
         )
         remaining = server.seconds_to_next_deadline()
-        if remaining is not None:
-            yield GaugeMetricFamily(
-                "expiry_next_deadline_seconds", "Seconds until the nearest armed deadline", value=remaining
-            )
+        yield GaugeMetricFamily(
+            "expiry_next_deadline_seconds",
+            "Seconds until the nearest armed deadline (+Inf when no timer is armed)",
+            value=math.inf if remaining is None else remaining,
+        )
         yield GaugeMetricFamily(
             "expiry_last_kill_timestamp_seconds",
             "Unix time of the last signal delivered",
@@ -109,8 +114,8 @@ class ServerCollector(Collector):
         )
         if server.scope_metrics:
             yield _labelled(
-                "expiry_expirations_by_scope",
-                "Timers that passed their deadline, by scope",
+                "expiry_timer_expirations",
+                "Timers that passed their deadline, by scope (--scope-metrics)",
                 "scope",
                 dict(sorted(stats.expirations_by_scope.items())),
             )
@@ -154,8 +159,10 @@ def _block_durations(blocks: BlockStats, by_scope: bool) -> HistogramMetricFamil
 
 
 def _info(version: str) -> GaugeMetricFamily:
-    family = GaugeMetricFamily("expiry_build_info", "expiry-sidecar build", labels=["version"])
-    family.add_metric([version], 1)
+    family = GaugeMetricFamily(
+        "expiry_build_info", "expiry build: its version and component", labels=["version", "component"]
+    )
+    family.add_metric([version, "sidecar"], 1)
     return family
 
 
