@@ -134,6 +134,10 @@ class Listener:
     def after_kill(self, report: KillReport) -> None:
         """On the loop, once per kill ordered: delivered, refused or observed."""
 
+    def block_completed(self, pid: int, armed_at: float) -> None:
+        """On the loop, for each release of an armed block (monotonic ``armed_at``): must not block.
+        Only listeners that override it are called (a release is the hottest path)."""
+
 
 Dispatch = Callable[[Callable[[], KillReport]], None]
 """Runs a kill (a job returning its report) and hands the report to ``TimerServer.killed`` on the
@@ -204,6 +208,11 @@ class TimerServer:
         self.escalate_after = escalate_after
         self.scope_metrics = scope_metrics
         self.listeners = list(listeners)
+        self._completions = [
+            listener
+            for listener in self.listeners
+            if type(listener).block_completed is not Listener.block_completed
+        ]
         self.clock = clock or Clock()
         self.book = book if book is not None else TimerBook()
         self.deadlines = deadlines or Deadlines()
@@ -255,6 +264,8 @@ class TimerServer:
             block = self.book.release(request.pid, request.scope_id)
             if block is not None:
                 self.deadlines.completed(block.scope_id, block.armed_at, block.requested, block.learned, mono)
+                for listener in self._completions:
+                    listener.block_completed(request.pid, block.armed_at)
             return
         self.stats.acquires += 1
         worker = self._worker(request.pid, request.starttime)
