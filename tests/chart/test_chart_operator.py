@@ -23,7 +23,7 @@ CONFIG_PATH = "/etc/expiry/operator.yaml"
 # The operator's config file with every key at its contracted default (contracts.md).
 CONTRACT_DEFAULTS: dict[str, Any] = {
     "sidecar": {
-        "image": "ghcr.io/expiry-io/expiry-sidecar:0.1.0",
+        "image": "ghcr.io/expiry-io/expiry-sidecar:0.2.0.dev0",
         "imagePullPolicy": "IfNotPresent",
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
         "metricsPort": names.METRICS_PORT,
@@ -122,7 +122,7 @@ def test_image_digest_wins_over_the_tag(helm: Helm) -> None:
 
 def test_operator_runs_with_the_mounted_config(defaults: Rendered) -> None:
     operator = container(defaults)
-    assert operator["image"] == "ghcr.io/expiry-io/expiry-operator:0.1.0"
+    assert operator["image"] == "ghcr.io/expiry-io/expiry-operator:0.2.0.dev0"
     assert operator["args"] == ["run", "--config", CONFIG_PATH]
     mount = next(m for m in operator["volumeMounts"] if m["mountPath"] == CONFIG_PATH)
     volume = next(v for v in pod_spec(defaults)["volumes"] if v["name"] == mount["name"])
