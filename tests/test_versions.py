@@ -44,4 +44,6 @@ def test_the_version_is_not_one_already_released() -> None:
     released = re.findall(r"^## (\d+\.\d+\.\d+) - ", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
     assert released, "CHANGELOG.md lists no release"
     release = version.split(".dev")[0].split("rc")[0]
-    assert release not in released, f"{version} is a pre-release of {release}, which CHANGELOG.md lists as released"
+    assert release not in released, (
+        f"{version} is a pre-release of {release}, which CHANGELOG.md lists as released"
+    )

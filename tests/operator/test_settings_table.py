@@ -77,7 +77,7 @@ def test_each_flag_has_an_annotation_and_a_chart_value_or_a_reason() -> None:
 
 @pytest.mark.parametrize("row", WITH_ANNOTATION, ids=lambda row: row.annotation)
 def test_each_annotation_changes_its_flag_in_the_injected_sidecar(row: Any) -> None:
-    assert row.annotation in options._KNOWN  # noqa: SLF001
+    assert row.annotation in options._KNOWN
     default, changed = sidecar_args({}), sidecar_args({row.annotation: row.example})
     assert changed != default, f"{row.annotation}={row.example} changed nothing"
     assert row.flag in changed
@@ -97,26 +97,40 @@ def test_each_config_key_is_read_and_each_chart_value_exists(row: Any) -> None:
 def test_the_operator_defaults_are_the_sidecars() -> None:
     serve = GENERATOR.serve_flags()
     operator = SidecarSettings()
-    assert serve["--adaptive-factor"] == GENERATOR._shown(operator.adaptive_factor)  # noqa: SLF001
-    assert serve["--adaptive-min-samples"] == GENERATOR._shown(operator.adaptive_min_samples)  # noqa: SLF001
-    assert serve["--adaptive-floor"] == GENERATOR._shown(operator.adaptive_floor)  # noqa: SLF001
-    assert serve["--escalate-after"] == GENERATOR._shown(operator.escalate_after)  # noqa: SLF001
+    assert serve["--adaptive-factor"] == GENERATOR._shown(operator.adaptive_factor)
+    assert serve["--adaptive-min-samples"] == GENERATOR._shown(operator.adaptive_min_samples)
+    assert serve["--adaptive-floor"] == GENERATOR._shown(operator.adaptive_floor)
+    assert serve["--escalate-after"] == GENERATOR._shown(operator.escalate_after)
     assert sidecar_cli.parser() is not None
 
 
 @pytest.mark.parametrize("annotation", [options.EVENTS, options.POD_CONDITION, options.SCOPE_METRICS])
-@pytest.mark.parametrize(("spelling", "on"), [("True", True), ("yes", True), ("ON", True), ("1", True), ("No", False), ("0", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("spelling", "on"),
+    [("True", True), ("yes", True), ("ON", True), ("1", True), ("No", False), ("0", False), ("off", False)],
+)
 def test_boolean_annotations_share_the_enabled_spelling(annotation: str, spelling: str, on: bool) -> None:
-    flag = {options.EVENTS: "--events", options.POD_CONDITION: "--pod-condition"}.get(annotation, "--scope-metrics")
+    flag = {options.EVENTS: "--events", options.POD_CONDITION: "--pod-condition"}.get(
+        annotation, "--scope-metrics"
+    )
     assert (flag in sidecar_args({annotation: spelling})) is on
 
 
 def test_a_misspelt_boolean_is_denied_naming_the_accepted_values() -> None:
-    with pytest.raises(options.OptionError, match="expiry.io/scope-metrics: 'ture' is not accepted; expected true"):
+    with pytest.raises(
+        options.OptionError, match=r"expiry\.io/scope-metrics: 'ture' is not accepted; expected true"
+    ):
         options.parse_options({options.SCOPE_METRICS: "ture"}, SidecarSettings())
 
 
-@pytest.mark.parametrize(("knob", "value", "flag"), [("adaptiveFactor", "2.5", "--adaptive-factor"), ("adaptiveMinSamples", "50", "--adaptive-min-samples"), ("escalateAfter", "2.5", "--escalate-after")])
+@pytest.mark.parametrize(
+    ("knob", "value", "flag"),
+    [
+        ("adaptiveFactor", "2.5", "--adaptive-factor"),
+        ("adaptiveMinSamples", "50", "--adaptive-min-samples"),
+        ("escalateAfter", "2.5", "--escalate-after"),
+    ],
+)
 def test_numbers_as_helm_set_passes_them_reach_the_sidecar(knob: str, value: str, flag: str) -> None:
     settings = settings_from_dict({"sidecar": {knob: value}}).sidecar
     outcome = admit(pod("p", {"containers": [trainer()]}), settings, native_sidecars_supported=True)
@@ -129,6 +143,8 @@ def test_numbers_as_helm_set_passes_them_reach_the_sidecar(knob: str, value: str
 def test_the_kill_signal_setting_accepts_what_the_annotation_accepts() -> None:
     for spelling in ("TERM", "term", "SIGTERM"):
         assert settings_from_dict({"sidecar": {"killSignal": spelling}}).sidecar.kill_signal == "SIGTERM"
-        assert options.parse_options({options.KILL_SIGNAL: spelling}, SidecarSettings()).kill_signal == "SIGTERM"
-    with pytest.raises(ConfigError, match="sidecar.killSignal must be a signal name"):
+        assert (
+            options.parse_options({options.KILL_SIGNAL: spelling}, SidecarSettings()).kill_signal == "SIGTERM"
+        )
+    with pytest.raises(ConfigError, match=r"sidecar\.killSignal must be a signal name"):
         settings_from_dict({"sidecar": {"killSignal": "TREM"}})

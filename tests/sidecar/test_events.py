@@ -432,7 +432,9 @@ def test_a_successor_completing_a_block_sets_the_condition_back_to_false(
     assert condition_patches(credentials) == ["True", "False", "True"]
 
 
-def test_a_hang_at_the_end_leaves_the_condition_true(pod: Pod, sidecar: StartSidecar, credentials: KubeApi) -> None:
+def test_a_hang_at_the_end_leaves_the_condition_true(
+    pod: Pod, sidecar: StartSidecar, credentials: KubeApi
+) -> None:
     """A block armed before the kill and released after it is no proof of recovery (a rank finishing
     what it had begun), and nothing after the kill is none either: the pod stays marked."""
     add_pod(credentials)

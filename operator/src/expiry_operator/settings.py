@@ -287,7 +287,9 @@ class _Section:
         value = self.text(key, default)
         name = signal_name(value)
         if name is None:
-            raise ConfigError(f"{self._name(key)} must be a signal name such as SIGTERM or TERM, or empty; got {value!r}")
+            raise ConfigError(
+                f"{self._name(key)} must be a signal name such as SIGTERM or TERM, or empty; got {value!r}"
+            )
         return name
 
     def flag(self, key: str, default: bool) -> bool:
@@ -297,7 +299,8 @@ class _Section:
         flag = value if isinstance(value, bool) else boolean(value) if isinstance(value, str) else None
         if flag is None:
             raise ConfigError(
-                f"{self._name(key)} must be true or false ({' | '.join(ON)} | {' | '.join(OFF)}), got {value!r}"
+                f"{self._name(key)} must be true or false"
+                f" ({' | '.join(ON)} | {' | '.join(OFF)}), got {value!r}"
             )
         return flag
 
