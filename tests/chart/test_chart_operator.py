@@ -32,6 +32,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
         "escalateAfter": 10,
         "stackDumps": "off",
         "events": True,
+        "scopeMetrics": False,
         "podCondition": False,
         "mode": "enforce",
         "deadlines": "requested",
@@ -81,6 +82,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
             "escalateAfter": 30,
             "stackDumps": "py-spy",
             "events": False,
+            "scopeMetrics": True,
             "mode": "observe",
             "deadlines": "adaptive",
             "adaptiveFactor": 3,
@@ -101,6 +103,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "escalateAfter": 30,
         "stackDumps": "py-spy",
         "events": False,
+        "scopeMetrics": True,
         "podCondition": True,
         "mode": "observe",
         "deadlines": "adaptive",
@@ -109,6 +112,16 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "adaptiveFloor": 2.5,
     }
     assert config["unprotectedPods"] == {"watch": False}
+
+
+def test_what_helm_set_passes_reaches_the_operator(helm: Helm) -> None:
+    """`--set` passes 2.5 as a string and TERM as written: the schema takes both, the operator reads them."""
+    from expiry_operator.settings import settings_from_dict
+
+    sets = ("sidecar.adaptiveFactor=2.5", "sidecar.adaptiveFloor=0.5", "sidecar.killSignal=TERM")
+    rendered = helm.render(extra_args=[arg for one in sets for arg in ("--set", one)])
+    sidecar = settings_from_dict(operator_config(rendered)).sidecar
+    assert (sidecar.adaptive_factor, sidecar.adaptive_floor, sidecar.kill_signal) == (2.5, 0.5, "SIGTERM")
 
 
 def test_image_digest_wins_over_the_tag(helm: Helm) -> None:

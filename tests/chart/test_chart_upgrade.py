@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 import yaml
 
+from expiry_operator.settings import settings_from_dict
+
 if TYPE_CHECKING:
     from conftest import Helm
 
@@ -65,7 +67,7 @@ def test_todays_templates_render_with_the_values_of_an_earlier_chart(
     assert result.returncode == 0, f"values.yaml of {commit}:\n{result.stderr}"
     objects = [o for o in yaml.safe_load_all(result.stdout) if o]
     config_map = next(o for o in objects if o["kind"] == "ConfigMap" and "operator.yaml" in o.get("data", {}))
-    yaml.safe_load(config_map["data"]["operator.yaml"])
+    settings_from_dict(yaml.safe_load(config_map["data"]["operator.yaml"]))  # the operator starts with it
 
 
 def test_the_history_reaches_back_before_the_latest_values() -> None:
