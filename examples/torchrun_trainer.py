@@ -4,13 +4,14 @@
         --hang-rank 1 --checkpoint-dir "$(mktemp -d)"
 
 Each step all-reduces a tensor under ``expires(after=--deadline)`` and then saves a checkpoint (the
-next step to run) in --checkpoint-dir, a directory of this run's own (a checkpoint left by an earlier
-run would make this one resume past the step that hangs); a restarted worker group resumes from it. ``--hang-rank R``
-makes rank R hang once, before the step's collective, in the first generation only, so the other
-ranks block in the all-reduce: the sidecar kills every worker of the group at its deadline, torchrun
-starts the next generation, and training completes. ``--wait-on-peer-failure`` makes a rank whose
-collective fails because a peer died wait forever, as NCCL ranks usually do (gloo fails fast): then
-only its timer ends it. ``--client torch`` uses torch's own
+next step to run) in --checkpoint-dir, a directory of this run's own (a checkpoint left by an
+earlier run would make this one resume past the step that hangs); a restarted worker group resumes
+from it. ``--hang-rank R`` makes rank R hang once, before the step's collective, in the first
+generation only, so the other ranks block in the all-reduce: the sidecar kills every worker of the
+group at its deadline, torchrun starts the next generation, and training completes.
+``--wait-on-peer-failure`` makes a rank whose collective fails because a peer died wait forever, as
+NCCL ranks usually do (gloo fails fast): then only its timer ends it. ``--client torch`` uses
+torch's own
 ``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
 """
 
