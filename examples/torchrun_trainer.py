@@ -11,8 +11,7 @@ generation only, so the other ranks block in the all-reduce: the sidecar kills e
 group at its deadline, torchrun starts the next generation, and training completes.
 ``--wait-on-peer-failure`` makes a rank whose collective fails because a peer died wait forever, as
 NCCL ranks usually do (gloo fails fast): then only its timer ends it. ``--client torch`` uses
-torch's own
-``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
+torch's own ``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
 """
 
 from __future__ import annotations
