@@ -352,8 +352,8 @@ class TimerServer:
         now = self.clock.monotonic()
         ordered: set[int] = set()
         for timer in self.book.pop_due(now):
-            self._count_expiration(timer)
             action = on_expiry(self.mode, timer.signal, self.kill_signal, self.pod_condition)
+            self._count_expiration(timer, action)
             worker = self.workers[timer.pid]
             if action is not None and worker not in self.killing and timer.pid not in ordered:
                 ordered.add(timer.pid)
@@ -368,7 +368,7 @@ class TimerServer:
                 else:
                     self._report_unkillable(pid)
 
-    def _count_expiration(self, timer: Timer) -> None:
+    def _count_expiration(self, timer: Timer, action: Action | None) -> None:
         self.stats.expirations += 1
         if self.scope_metrics:
             by_scope = self.stats.expirations_by_scope
@@ -376,7 +376,13 @@ class TimerServer:
                 timer.scope_id if timer.scope_id in by_scope or len(by_scope) < SCOPE_LABELS_MAX else "other"
             )
             by_scope[scope] += 1
-        log.info("timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal})
+        # signal: what this expiry sends (or, observing, would send); the client's own request may differ
+        # (--kill-signal overrides it).
+        sent = signal_name(action.signal) if action is not None else "none"
+        log.info(
+            "timer expired",
+            extra={"pid": timer.pid, "scope": timer.scope_id, "signal": sent, "client_signal": timer.signal},
+        )
 
     def _order(self, worker: Worker, timer: Timer, action: Action) -> None:
         mono, wall = self.clock.monotonic(), self.clock.wall()
