@@ -235,7 +235,7 @@ Every setting of the injected sidecar, and the three places that set it: a pod's
 annotation (for that pod), the chart value (the default for every pod; the chart writes it into the
 operator's config file under the config key), and the sidecar's own flag, which the operator passes.
 A flag is passed only when it differs from the sidecar's own default, so a sidecar image older than
-the flag still starts ([install.md](install.md#version-skew)).
+the flag still starts ([install.md](install.md#version-skew-what-works-with-what)).
 
 Spelling rules, the same everywhere:
 
