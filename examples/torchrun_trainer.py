@@ -1,15 +1,17 @@
 """A torchrun trainer guarded by expiry: every step (its collective included) must finish in time.
 
-    expiry-sidecar run -- torchrun --nproc-per-node 2 --max-restarts 3 examples/torchrun_trainer.py
+    expiry-sidecar run -- torchrun --nproc-per-node 2 --max-restarts 3 examples/torchrun_trainer.py \
+        --hang-rank 1 --checkpoint-dir "$(mktemp -d)"
 
 Each step all-reduces a tensor under ``expires(after=--deadline)`` and then saves a checkpoint (the
-next step to run) in --checkpoint-dir; a restarted worker group resumes from it. ``--hang-rank R``
-makes rank R hang once, before the step's collective, in the first generation only, so the other
-ranks block in the all-reduce: the sidecar kills every worker of the group at its deadline, torchrun
-starts the next generation, and training completes. ``--wait-on-peer-failure`` makes a rank whose
-collective fails because a peer died wait forever, as NCCL ranks usually do (gloo fails fast): then
-only its timer ends it. ``--client torch`` uses torch's own
-``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
+next step to run) in --checkpoint-dir, a directory of this run's own (a checkpoint left by an
+earlier run would make this one resume past the step that hangs); a restarted worker group resumes
+from it. ``--hang-rank R`` makes rank R hang once, before the step's collective, in the first
+generation only, so the other ranks block in the all-reduce: the sidecar kills every worker of the
+group at its deadline, torchrun starts the next generation, and training completes.
+``--wait-on-peer-failure`` makes a rank whose collective fails because a peer died wait forever, as
+NCCL ranks usually do (gloo fails fast): then only its timer ends it. ``--client torch`` uses
+torch's own ``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def main() -> None:
     parser.add_argument("--hang-rank", type=int, default=-1)
     parser.add_argument("--hang-step", type=int, default=1)
     parser.add_argument("--client", choices=["expiry", "torch"], default="expiry")
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("."))
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, required=True, help="this run's own directory, e.g. $(mktemp -d)"
+    )
     parser.add_argument(
         "--wait-on-peer-failure",
         action="store_true",

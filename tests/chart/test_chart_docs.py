@@ -1,4 +1,5 @@
-"""The install commands of docs/install.md work as written (rendered with `helm template` instead)."""
+"""The install commands of docs/install.md and docs/quickstart.md work as written (rendered with
+`helm template` instead; tests/cluster runs the quickstart's for real)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ import pytest
 if TYPE_CHECKING:
     from conftest import Helm
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "install.md"
+DOCS = [Path(__file__).resolve().parents[2] / "docs" / page for page in ("install.md", "quickstart.md")]
 # `helm install` options that only matter against a live cluster.
 CLUSTER_ONLY = {"--wait", "--create-namespace"}
 
 
 def documented_installs() -> list[str]:
     """Every `helm install ...` command in the doc's shell blocks, continuation lines joined."""
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+    blocks = [b for doc in DOCS for b in re.findall(r"```sh\n(.*?)```", doc.read_text(), flags=re.DOTALL)]
     commands = [c.strip() for block in blocks for c in block.replace("\\\n", " ").splitlines()]
     return [c for c in commands if c.startswith("helm install ")]
 
 
 def test_the_doc_has_install_commands() -> None:
-    assert len(documented_installs()) >= 3
+    assert len(documented_installs()) >= 4
 
 
 @pytest.mark.parametrize("command", documented_installs())

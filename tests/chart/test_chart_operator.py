@@ -23,7 +23,7 @@ CONFIG_PATH = "/etc/expiry/operator.yaml"
 # The operator's config file with every key at its contracted default (contracts.md).
 CONTRACT_DEFAULTS: dict[str, Any] = {
     "sidecar": {
-        "image": "ghcr.io/expiry-io/expiry-sidecar:0.1.0",
+        "image": "ghcr.io/expiry-io/expiry-sidecar:0.2.0.dev0",
         "imagePullPolicy": "IfNotPresent",
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
         "metricsPort": names.METRICS_PORT,
@@ -32,6 +32,7 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
         "escalateAfter": 10,
         "stackDumps": "off",
         "events": True,
+        "scopeMetrics": False,
         "podCondition": False,
         "mode": "enforce",
         "deadlines": "requested",
@@ -82,6 +83,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
             "escalateAfter": 30,
             "stackDumps": "py-spy",
             "events": False,
+            "scopeMetrics": True,
             "mode": "observe",
             "deadlines": "adaptive",
             "adaptiveFactor": 3,
@@ -102,6 +104,7 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "escalateAfter": 30,
         "stackDumps": "py-spy",
         "events": False,
+        "scopeMetrics": True,
         "podCondition": True,
         "mode": "observe",
         "deadlines": "adaptive",
@@ -110,6 +113,16 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "adaptiveFloor": 2.5,
     }
     assert config["unprotectedPods"] == {"watch": False}
+
+
+def test_what_helm_set_passes_reaches_the_operator(helm: Helm) -> None:
+    """`--set` passes 2.5 as a string and TERM as written: the schema takes both, the operator reads them."""
+    from expiry_operator.settings import settings_from_dict
+
+    sets = ("sidecar.adaptiveFactor=2.5", "sidecar.adaptiveFloor=0.5", "sidecar.killSignal=TERM")
+    rendered = helm.render(extra_args=[arg for one in sets for arg in ("--set", one)])
+    sidecar = settings_from_dict(operator_config(rendered)).sidecar
+    assert (sidecar.adaptive_factor, sidecar.adaptive_floor, sidecar.kill_signal) == (2.5, 0.5, "SIGTERM")
 
 
 def test_image_digest_wins_over_the_tag(helm: Helm) -> None:
@@ -123,7 +136,7 @@ def test_image_digest_wins_over_the_tag(helm: Helm) -> None:
 
 def test_operator_runs_with_the_mounted_config(defaults: Rendered) -> None:
     operator = container(defaults)
-    assert operator["image"] == "ghcr.io/expiry-io/expiry-operator:0.1.0"
+    assert operator["image"] == "ghcr.io/expiry-io/expiry-operator:0.2.0.dev0"
     assert operator["args"] == ["run", "--config", CONFIG_PATH]
     mount = next(m for m in operator["volumeMounts"] if m["mountPath"] == CONFIG_PATH)
     volume = next(v for v in pod_spec(defaults)["volumes"] if v["name"] == mount["name"])

@@ -253,10 +253,10 @@ DENIED_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         _with(JOBSET_POD, {"expiry.io/native-sidecar": "maybe"}),
         ("expiry.io/native-sidecar", "auto"),
     ),
-    "bad-events": (_with(JOBSET_POD, {"expiry.io/events": "yes"}), ("expiry.io/events", "true | false")),
+    "bad-events": (_with(JOBSET_POD, {"expiry.io/events": "ture"}), ("expiry.io/events", "true | True")),
     "bad-pod-condition": (
-        _with(JOBSET_POD, {"expiry.io/pod-condition": "on"}),
-        ("expiry.io/pod-condition", "true | false"),
+        _with(JOBSET_POD, {"expiry.io/pod-condition": " on"}),
+        ("expiry.io/pod-condition", "false | False"),
     ),
     "bad-mode": (_with(JOBSET_POD, {"expiry.io/mode": "audit"}), ("expiry.io/mode", "enforce | observe")),
     "bad-deadlines": (

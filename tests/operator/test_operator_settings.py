@@ -16,7 +16,7 @@ def test_every_key_is_optional(tmp_path: Path) -> None:
 
 def test_the_contract_defaults() -> None:
     settings = Settings()
-    assert settings.sidecar.image == "ghcr.io/expiry-io/expiry-sidecar:0.1.0"
+    assert settings.sidecar.image == "ghcr.io/expiry-io/expiry-sidecar:0.2.0.dev0"
     assert settings.sidecar.resources == {
         "requests": {"cpu": "10m", "memory": "64Mi"},
         "limits": {"memory": "128Mi"},

@@ -398,6 +398,61 @@ def test_the_condition_is_on_the_pod_before_the_worker_dies(
     assert patch.subresource == "status"
 
 
+def hang_condition(api: KubeApi) -> dict[str, Any]:
+    (pod_object,) = api.objects("v1/pods", NAMESPACE)
+    (condition,) = pod_object.get("status", {}).get("conditions", [])
+    return {k: condition[k] for k in ("status", "reason", "message")}
+
+
+def condition_patches(api: KubeApi) -> list[str]:
+    patches = api.call(lambda emulator: list(emulator["patch", kmock.resource("v1/pods")]))
+    return [patch.data["status"]["conditions"][0]["status"] for patch in patches]
+
+
+def test_a_successor_completing_a_block_sets_the_condition_back_to_false(
+    pod: Pod, sidecar: StartSidecar, credentials: KubeApi
+) -> None:
+    """The condition says what is true now: after a hang kill, a worker that gets through a whole
+    block started after the kill shows the pod's workers are healthy again."""
+    add_pod(credentials)
+    server = writer_ready(sidecar("--pod-condition"))
+    killed = kill_one(pod, server)
+    assert hang_condition(credentials)["status"] == "True"
+    successor = Worker(pod, server.fifo, "blocks", "--after", "60")
+    successor.expect("done 1")
+    condition = wait_for(
+        lambda: (c := hang_condition(credentials))["status"] == "False" and c, what="the condition cleared"
+    )
+    assert condition["reason"] == "WorkersRecovered"
+    assert f"pid {successor.pid} completed a block" in condition["message"]
+    assert f"hang kill of pid {killed.pid}" in condition["message"]
+    assert condition_patches(credentials) == ["True", "False"]
+    (said,) = log_lines(server, "the pod's workers are healthy again")
+    assert said["level"] == "info"
+    kill_one(pod, server)  # a hang after the recovery marks the pod again
+    assert hang_condition(credentials)["status"] == "True"
+    assert condition_patches(credentials) == ["True", "False", "True"]
+
+
+def test_a_hang_at_the_end_leaves_the_condition_true(
+    pod: Pod, sidecar: StartSidecar, credentials: KubeApi
+) -> None:
+    """A block armed before the kill and released after it is no proof of recovery (a rank finishing
+    what it had begun), and nothing after the kill is none either: the pod stays marked."""
+    add_pod(credentials)
+    server = writer_ready(sidecar("--pod-condition"))
+    earlier = Worker(pod, server.fifo, "hold", "--after", "60")
+    earlier.expect("armed")
+    kill_one(pod, server)
+    earlier.tell("")
+    earlier.expect("released")
+    server.wait_metric("expiry_requests_total", 1, kind="release")
+    assert server.stop() == 0  # the sidecar's API writer flushes what was queued before it stops
+    assert hang_condition(credentials)["status"] == "True"
+    assert condition_patches(credentials) == ["True"]
+    earlier.tell("")
+
+
 def test_a_silent_api_server_delays_a_kill_by_one_second_at_most(
     pod: Pod, sidecar: StartSidecar, silent_api: None
 ) -> None:

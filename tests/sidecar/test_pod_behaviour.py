@@ -214,6 +214,12 @@ def test_a_softer_signal_is_escalated_to_sigkill_when_ignored(pod: Pod, sidecar:
     metrics = server.wait_metric("expiry_escalations_total", 1)
     assert metrics("expiry_kills_total", signal="SIGTERM") == 1
     assert metrics("expiry_kills_total", signal="SIGKILL") == 1
+    # The log says what was sent (not what the client asked for), and no internal scope id.
+    (expired,) = [e for e in server.logs() if e["message"] == "timer expired"]
+    assert (expired["signal"], expired["client_signal"]) == ("SIGTERM", signal.SIGKILL)
+    kills = [e for e in server.logs() if e["message"] == "killed a stuck worker"]
+    assert [(e["signal"], e["escalation"]) for e in kills] == [("SIGTERM", False), ("SIGKILL", True)]
+    assert kills[0]["scope"].startswith("/") and "worker.py#" in kills[0]["scope"] and kills[1]["scope"] == ""
 
 
 def test_a_worker_that_heeds_the_softer_signal_is_not_escalated(pod: Pod, sidecar: StartSidecar) -> None:

@@ -8,6 +8,7 @@ this checks.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.support.sidecar import Sidecar
 
 StartSidecar = Callable[..., Sidecar]
 REPO = Path(__file__).resolve().parents[2]
+CHANGELOG = REPO / "CHANGELOG.md"
 OLD_CLIENTS = {
     "first": "50f836afa41dd15e210068486b78740cf8f967fd",  # the skeleton's: the wire format's first writer
     "0.1.0": "ece828b5c223da70655b03d270a25c3c1d0ab880",  # as released in 0.1.0
@@ -62,6 +64,10 @@ def old_client(commit: str, into: Path) -> Path:
     return into
 
 
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
+
+
 def full_commit(commit: str) -> str:
     return subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--verify", f"{commit}^{{commit}}"],
@@ -74,6 +80,22 @@ def full_commit(commit: str) -> str:
 def test_the_old_client_commits_are_the_ones_named() -> None:
     for name, commit in OLD_CLIENTS.items():
         assert full_commit(commit) == commit, name
+
+
+def test_the_previous_release_is_the_one_the_changelog_names() -> None:
+    """The newest release CHANGELOG.md lists is the one tested here: its version, and its commit is the
+    last of its release date (the history has no tags)."""
+    (version, date), *_ = re.findall(
+        r"^## (\d+\.\d+\.\d+) - (\d{4}-\d{2}-\d{2})$", CHANGELOG.read_text(), re.M
+    )
+    assert version in OLD_CLIENTS, f"the previous release {version} is not among the clients tested"
+    commit = OLD_CLIENTS[version]
+    pyproject = git("show", f"{commit}:client/pyproject.toml")
+    assert f'version = "{version}"' in pyproject
+    last_of_the_day = git("log", "-1", "--format=%H", f"--until={date}T23:59:59Z").strip()
+    assert last_of_the_day == commit, (
+        f"{version} was released on {date}: its last commit is {last_of_the_day}"
+    )
 
 
 @pytest.mark.parametrize("version", sorted(OLD_CLIENTS))

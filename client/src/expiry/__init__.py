@@ -13,4 +13,4 @@ from expiry.pipe import ServerUnavailable
 from expiry.timer_client import FileTimerClient
 
 __all__ = ["FileTimerClient", "ServerUnavailable", "TimerClient", "configure", "expires"]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from expiry import names
+from expiry_operator.opt_in import OFF, ON
 from expiry_operator.quantities import ACCEPTED as ACCEPTED_QUANTITY
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import (
     DEADLINE_POLICIES,
     MODES,
     NATIVE_SIDECAR_MODES,
+    SIGNAL_NAMES,
     STACK_DUMP_MODES,
     DeadlinePolicy,
     Mode,
     NativeSidecarMode,
     SidecarSettings,
     StackDumpMode,
+    boolean,
+    signal_name,
 )
 
 P = names.ANNOTATION_PREFIX
@@ -37,6 +40,7 @@ STACK_DUMPS = f"{P}stack-dumps"
 NATIVE_SIDECAR = f"{P}native-sidecar"
 EVENTS = f"{P}events"
 POD_CONDITION = f"{P}pod-condition"
+SCOPE_METRICS = f"{P}scope-metrics"
 MODE = f"{P}mode"
 DEADLINES = f"{P}deadlines"
 ADAPTIVE_FACTOR = f"{P}adaptive-factor"
@@ -46,8 +50,6 @@ RECORD_ANNOTATION = f"{P}injection"
 """What the operator injected (JSON), so re-admission strips exactly that before injecting again."""
 
 OWN_ANNOTATIONS = frozenset({names.ENABLED_ANNOTATION, names.STATUS_ANNOTATION, RECORD_ANNOTATION})
-SIGNAL_NAMES = tuple(sorted(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name))
-_BOOLEANS = ("true", "false")
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
 
@@ -67,6 +69,7 @@ class PodOptions:
     native_sidecar: NativeSidecarMode
     events: bool
     pod_condition: bool
+    scope_metrics: bool
     mode: Mode
     deadlines: DeadlinePolicy
     adaptive_factor: float
@@ -94,9 +97,9 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         sidecar_memory=read(SIDECAR_MEMORY, _quantity, None),
         stack_dumps=read(STACK_DUMPS, _one_of(STACK_DUMP_MODES), defaults.stack_dumps),
         native_sidecar=read(NATIVE_SIDECAR, _one_of(NATIVE_SIDECAR_MODES), defaults.native_sidecar),
-        events=read(EVENTS, _one_of(_BOOLEANS), "true" if defaults.events else "false") == "true",
-        pod_condition=read(POD_CONDITION, _one_of(_BOOLEANS), "true" if defaults.pod_condition else "false")
-        == "true",
+        events=read(EVENTS, _boolean, defaults.events),
+        pod_condition=read(POD_CONDITION, _boolean, defaults.pod_condition),
+        scope_metrics=read(SCOPE_METRICS, _boolean, defaults.scope_metrics),
         mode=read(MODE, _one_of(MODES), defaults.mode),
         deadlines=read(DEADLINES, _one_of(DEADLINE_POLICIES), defaults.deadlines),
         adaptive_factor=read(ADAPTIVE_FACTOR, _positive, defaults.adaptive_factor),
@@ -117,12 +120,17 @@ def _container_list(key: str, value: str) -> tuple[str, ...]:
 
 
 def _signal_name(key: str, value: str) -> str:
-    name = value.strip().upper()
-    if name and not name.startswith("SIG"):
-        name = f"SIG{name}"
-    if name not in SIGNAL_NAMES:
+    name = signal_name(value)
+    if not name:
         raise _bad(key, value, f"a signal name: {', '.join(SIGNAL_NAMES)}")
     return name
+
+
+def _boolean(key: str, value: str) -> bool:
+    flag = boolean(value)
+    if flag is None:
+        raise _bad(key, value, f"{' | '.join(ON)} or {' | '.join(OFF)}")
+    return flag
 
 
 def _seconds(key: str, value: str) -> float:
@@ -179,6 +187,7 @@ _KNOWN = OWN_ANNOTATIONS | {
     NATIVE_SIDECAR,
     EVENTS,
     POD_CONDITION,
+    SCOPE_METRICS,
     MODE,
     DEADLINES,
     ADAPTIVE_FACTOR,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import yaml
 
 from expiry import names
 from expiry_operator.leadership import LeaseTiming
+from expiry_operator.opt_in import OFF, ON
 from expiry_operator.quantities import QuantityError, parse_quantity
 
 NativeSidecarMode = Literal["auto", "true", "false"]
@@ -28,6 +30,37 @@ DeadlinePolicy = Literal["requested", "adaptive"]
 DEADLINE_POLICIES: tuple[DeadlinePolicy, ...] = ("requested", "adaptive")
 STACK_DUMP_MODES: tuple[StackDumpMode, ...] = ("off", "client", "py-spy")
 DEFAULT_CONFIG_PATH = "/etc/expiry/operator.yaml"
+SIGNAL_NAMES = tuple(sorted(s.name for s in signal.Signals if s.name.startswith("SIG") and "_" not in s.name))
+
+
+def signal_name(value: str) -> str | None:
+    """The one spelling rule for signals (annotation and config): TERM, term, SIGTERM -> SIGTERM;
+    "" stays "" (the client's own signal); None: not a signal name."""
+    name = value.strip().upper()
+    if not name:
+        return ""
+    if not name.startswith("SIG"):
+        name = f"SIG{name}"
+    return name if name in SIGNAL_NAMES else None
+
+
+def boolean(value: str) -> bool | None:
+    """The one spelling rule for booleans, shared with ``expiry.io/enabled`` (see opt_in.py)."""
+    return True if value in ON else False if value in OFF else None
+
+
+def number(value: object) -> float | None:
+    """A number, or a string of one (what ``helm --set key=2.5`` passes); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
 
 
 class ConfigError(ValueError):
@@ -36,7 +69,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SidecarSettings:
-    image: str = "ghcr.io/expiry-io/expiry-sidecar:0.1.0"
+    image: str = "ghcr.io/expiry-io/expiry-sidecar:0.2.0.dev0"
     image_pull_policy: str = "IfNotPresent"
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
         default_factory=lambda: {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
@@ -47,6 +80,7 @@ class SidecarSettings:
     escalate_after: float = 10
     stack_dumps: StackDumpMode = "off"
     events: bool = True
+    scope_metrics: bool = False
     pod_condition: bool = False
     """Pass --pod-condition: the pods' service accounts must be allowed to patch pods/status."""
     mode: Mode = "enforce"
@@ -157,10 +191,11 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             native_sidecar=sidecar.choice(
                 "nativeSidecar", defaults.sidecar.native_sidecar, NATIVE_SIDECAR_MODES
             ),
-            kill_signal=sidecar.text("killSignal", defaults.sidecar.kill_signal),
+            kill_signal=sidecar.signal("killSignal", defaults.sidecar.kill_signal),
             escalate_after=sidecar.seconds("escalateAfter", defaults.sidecar.escalate_after),
             stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
             events=sidecar.flag("events", defaults.sidecar.events),
+            scope_metrics=sidecar.flag("scopeMetrics", defaults.sidecar.scope_metrics),
             pod_condition=sidecar.flag("podCondition", defaults.sidecar.pod_condition),
             mode=sidecar.choice("mode", defaults.sidecar.mode, MODES),
             deadlines=sidecar.choice("deadlines", defaults.sidecar.deadlines, DEADLINE_POLICIES),
@@ -263,13 +298,26 @@ class _Section:
             raise ConfigError(f"{self._name(key)} must be one of {', '.join(accepted)}; got {value!r}")
         return value
 
+    def signal(self, key: str, default: str) -> str:
+        value = self.text(key, default)
+        name = signal_name(value)
+        if name is None:
+            raise ConfigError(
+                f"{self._name(key)} must be a signal name such as SIGTERM or TERM, or empty; got {value!r}"
+            )
+        return name
+
     def flag(self, key: str, default: bool) -> bool:
         value = self._get(key)
         if value is None:
             return default
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self._name(key)} must be true or false, got {value!r}")
-        return value
+        flag = value if isinstance(value, bool) else boolean(value) if isinstance(value, str) else None
+        if flag is None:
+            raise ConfigError(
+                f"{self._name(key)} must be true or false"
+                f" ({' | '.join(ON)} | {' | '.join(OFF)}), got {value!r}"
+            )
+        return flag
 
     def port(self, key: str, default: int) -> int:
         value = self._get(key)
@@ -283,22 +331,20 @@ class _Section:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        seconds = number(value)
+        if seconds is None or not 0 <= seconds < math.inf:
             raise ConfigError(f"{self._name(key)} must be a non-negative number of seconds, got {value!r}")
-        return float(value)
+        return seconds
 
     def positive(self, key: str, default: float, *, whole: bool = False) -> float:
         value = self._get(key)
         if value is None:
             return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int if whole else int | float)
-            or not 0 < value < math.inf
-        ):
+        positive = number(value)
+        if positive is None or not 0 < positive < math.inf or (whole and positive != int(positive)):
             kind = "a whole number >= 1" if whole else "a finite number > 0"
             raise ConfigError(f"{self._name(key)} must be {kind}, got {value!r}")
-        return float(value)
+        return positive
 
     def resources(
         self, key: str, default: Mapping[str, Mapping[str, str]]

@@ -10,6 +10,10 @@ from expiry_operator.options import PodOptions
 from expiry_operator.quantities import parse_quantity
 from expiry_operator.settings import SidecarSettings
 
+SIDECAR_DEFAULTS = SidecarSettings()
+"""The operator's defaults are the sidecar's own (tests/operator/test_settings_table.py holds them equal),
+so a value equal to them need not be passed."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
@@ -80,13 +84,17 @@ def _args(plan: SidecarPlan) -> list[str]:
     if options.kill_signal:
         args += ["--kill-signal", options.kill_signal]
     # Defaults are left out, so a sidecar image older than these flags still starts (docs/install.md,
-    # version skew); the adaptive knobs mean nothing without adaptive deadlines.
+    # version skew). The adaptive knobs go in every mode: with requested deadlines they still shape
+    # the advice and the over-adaptive count that an adaptive roll-out is judged by (docs/deadlines.md).
     if options.mode != "enforce":
         args += ["--mode", options.mode]
     if options.deadlines != "requested":
         args += ["--deadlines", options.deadlines]
+    if options.adaptive_factor != SIDECAR_DEFAULTS.adaptive_factor:
         args += ["--adaptive-factor", _number(options.adaptive_factor)]
+    if options.adaptive_min_samples != SIDECAR_DEFAULTS.adaptive_min_samples:
         args += ["--adaptive-min-samples", str(options.adaptive_min_samples)]
+    if options.adaptive_floor != SIDECAR_DEFAULTS.adaptive_floor:
         args += ["--adaptive-floor", _number(options.adaptive_floor)]
     if plan.exit_when_alone:
         args.append("--exit-when-alone")
@@ -94,6 +102,8 @@ def _args(plan: SidecarPlan) -> list[str]:
         args.append("--events")
     if options.pod_condition:
         args.append("--pod-condition")
+    if options.scope_metrics:
+        args.append("--scope-metrics")
     if options.stack_dumps != "off":
         args += ["--stack-dumps", names.DUMP_DIR]
     return args

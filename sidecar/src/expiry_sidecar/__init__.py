@@ -4,4 +4,4 @@ The core (``lines``, ``timers``, ``server``) is plain logic driven by tests with
 and ``kills`` touch the kernel; ``loop``, ``fifo``, ``http``, ``local`` and ``cli`` are the shell.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -11,11 +11,21 @@ kill waits for it, off the loop, at most ``WAIT`` seconds from the order; a slow
 server delays a kill by no more than that. Results are counted in
 ``expiry_pod_conditions_total{result="patched|failed|timeout"}``; failures are said once per outage
 (shared with Events, see :mod:`.apiwriter`). Observe mode and escalations never patch.
+
+The condition says what is true now: once the pod's workers are healthy again it is set back to
+``status: "False", reason: WorkersRecovered``. Healthy again means a block armed after the latest
+hang kill was ordered has completed, in a worker other than the one killed: a successor (torchrun's
+restarted worker, another rank) got through a whole block, so training moves. A timer alone (no kill
+for a while) would clear the condition of a pod whose successors hang before their first block, and
+a condition cleared too early makes a hang read as an ordinary failure. The patch is queued as
+urgent, behind any hang patch already queued, so a later hang is never overwritten by an earlier
+recovery; a hang at the end (no block completes after it) leaves the condition "True".
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections import Counter
@@ -28,8 +38,11 @@ from expiry_sidecar.kubeclient import Body
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillOrder, Listener, signal_name
 
+log = logging.getLogger("expiry.sidecar")
+
 CONDITION_TYPE = "expiry.io/WorkerHung"
 REASON = "DeadlineExceeded"
+RECOVERED_REASON = "WorkersRecovered"
 WAIT = 1.0
 """Longest a kill waits for its condition, from the moment it was ordered."""
 WHAT = "patch the pod's condition"
@@ -47,13 +60,26 @@ def condition_patch(order: KillOrder, now: datetime) -> Body:
         f"pid {order.worker.pid} ran past its deadline in scope {scope!r} (deadline {deadline},"
         f" rule {order.rule}); expiry-sidecar sends it {signal_name(order.signal)}"
     )
+    return _patch("True", REASON, message, now)
+
+
+def recovered_patch(killed: int, successor: int, now: datetime) -> Body:
+    """The strategic merge patch for ``pods/status`` that says the pod's workers are healthy again."""
+    message = (
+        f"pid {successor} completed a block started after the hang kill of pid {killed};"
+        " the pod's workers are healthy again"
+    )
+    return _patch("False", RECOVERED_REASON, message, now)
+
+
+def _patch(status: str, reason: str, message: str, now: datetime) -> Body:
     return {
         "status": {
             "conditions": [
                 {
                     "type": CONDITION_TYPE,
-                    "status": "True",
-                    "reason": REASON,
+                    "status": status,
+                    "reason": reason,
                     "message": message,
                     "lastTransitionTime": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 }
@@ -82,13 +108,29 @@ class PodCondition(Listener):
         self._wall = wall
         self._lock = threading.Lock()
         self._pending: dict[Worker, Future[Body]] = {}
+        self._hang: KillOrder | None = None
+        """The latest kill that marked the pod, until a successor completes a block (loop only)."""
 
     def ordered(self, order: KillOrder) -> None:
         if not order.condition:
             return
+        self._hang = order
+        patched = self._patch(condition_patch(order, datetime.fromtimestamp(self._wall(), UTC)))
+        with self._lock:
+            self._pending[order.worker] = patched
+
+    def block_completed(self, pid: int, armed_at: float) -> None:
+        hang = self._hang
+        if hang is None or pid == hang.worker.pid or armed_at < hang.ordered_at:
+            return
+        self._hang = None
+        body = recovered_patch(hang.worker.pid, pid, datetime.fromtimestamp(self._wall(), UTC))
+        self._patch(body).add_done_callback(self._said_recovered)
+
+    def _patch(self, body: Body) -> Future[Body]:
+        """Queue a status patch, urgent: patches reach the API server in the order they were decided."""
         pod = self._writer.pod
-        body = condition_patch(order, datetime.fromtimestamp(self._wall(), UTC))
-        patched = self._writer.submit(
+        return self._writer.submit(
             WHAT,
             PERMISSION,
             lambda client: client.request(
@@ -96,8 +138,11 @@ class PodCondition(Listener):
             ),
             urgent=True,
         )
-        with self._lock:
-            self._pending[order.worker] = patched
+
+    @staticmethod
+    def _said_recovered(patched: Future[Body]) -> None:
+        if patched.exception() is None:  # a failure was said by the writer (once per outage)
+            log.info("the pod's workers are healthy again: set condition %s to False", CONDITION_TYPE)
 
     def before_kill(self, order: KillOrder) -> None:
         with self._lock:

@@ -75,7 +75,7 @@ class KillLog(Listener):
         worker = report.worker
         fields = {
             "pid": worker.pid,
-            "scope": report.scope_id,
+            "scope": "" if report.escalation else report.scope_id,
             "signal": signal_name(report.signal),
             "outcome": report.outcome.value,
             "late_seconds": round(report.lateness, 6),

@@ -134,6 +134,10 @@ class Listener:
     def after_kill(self, report: KillReport) -> None:
         """On the loop, once per kill ordered: delivered, refused or observed."""
 
+    def block_completed(self, pid: int, armed_at: float) -> None:
+        """On the loop, for each release of an armed block (monotonic ``armed_at``): must not block.
+        Only listeners that override it are called (a release is the hottest path)."""
+
 
 Dispatch = Callable[[Callable[[], KillReport]], None]
 """Runs a kill (a job returning its report) and hands the report to ``TimerServer.killed`` on the
@@ -204,6 +208,11 @@ class TimerServer:
         self.escalate_after = escalate_after
         self.scope_metrics = scope_metrics
         self.listeners = list(listeners)
+        self._completions = [
+            listener
+            for listener in self.listeners
+            if type(listener).block_completed is not Listener.block_completed
+        ]
         self.clock = clock or Clock()
         self.book = book if book is not None else TimerBook()
         self.deadlines = deadlines or Deadlines()
@@ -255,6 +264,8 @@ class TimerServer:
             block = self.book.release(request.pid, request.scope_id)
             if block is not None:
                 self.deadlines.completed(block.scope_id, block.armed_at, block.requested, block.learned, mono)
+                for listener in self._completions:
+                    listener.block_completed(request.pid, block.armed_at)
             return
         self.stats.acquires += 1
         worker = self._worker(request.pid, request.starttime)
@@ -341,8 +352,8 @@ class TimerServer:
         now = self.clock.monotonic()
         ordered: set[int] = set()
         for timer in self.book.pop_due(now):
-            self._count_expiration(timer)
             action = on_expiry(self.mode, timer.signal, self.kill_signal, self.pod_condition)
+            self._count_expiration(timer, action)
             worker = self.workers[timer.pid]
             if action is not None and worker not in self.killing and timer.pid not in ordered:
                 ordered.add(timer.pid)
@@ -357,7 +368,7 @@ class TimerServer:
                 else:
                     self._report_unkillable(pid)
 
-    def _count_expiration(self, timer: Timer) -> None:
+    def _count_expiration(self, timer: Timer, action: Action | None) -> None:
         self.stats.expirations += 1
         if self.scope_metrics:
             by_scope = self.stats.expirations_by_scope
@@ -365,7 +376,13 @@ class TimerServer:
                 timer.scope_id if timer.scope_id in by_scope or len(by_scope) < SCOPE_LABELS_MAX else "other"
             )
             by_scope[scope] += 1
-        log.info("timer expired", extra={"pid": timer.pid, "scope": timer.scope_id, "signal": timer.signal})
+        # signal: what this expiry sends (or, observing, would send); the client's own request may differ
+        # (--kill-signal overrides it).
+        sent = signal_name(action.signal) if action is not None else "none"
+        log.info(
+            "timer expired",
+            extra={"pid": timer.pid, "scope": timer.scope_id, "signal": sent, "client_signal": timer.signal},
+        )
 
     def _order(self, worker: Worker, timer: Timer, action: Action) -> None:
         mono, wall = self.clock.monotonic(), self.clock.wall()
