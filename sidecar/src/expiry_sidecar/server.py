@@ -134,6 +134,10 @@ class Listener:
     def after_kill(self, report: KillReport) -> None:
         """On the loop, once per kill ordered: delivered, refused or observed."""
 
+    def adaptive_suspended(self, kills: int, window: float) -> None:
+        """On the loop, once: ``kills`` adaptive kills within ``window`` s spent the pod's false-kill
+        budget, so every block keeps its requested deadline from now on (must not block)."""
+
 
 Dispatch = Callable[[Callable[[], KillReport]], None]
 """Runs a kill (a job returning its report) and hands the report to ``TimerServer.killed`` on the
@@ -347,6 +351,9 @@ class TimerServer:
             if action is not None and worker not in self.killing and timer.pid not in ordered:
                 ordered.add(timer.pid)
                 self._order(worker, timer, action)
+            if self.deadlines.expired(timer.scope_id, timer.armed_at, timer.deadline, timer.requested, now):
+                for listener in self.listeners:
+                    listener.adaptive_suspended(self.deadlines.budget.kills, self.deadlines.budget.window)
         for pid, follow_up in list(self._follow_ups.items()):
             if follow_up.deadline <= now:
                 del self._follow_ups[pid]
