@@ -198,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="start a fresh pod from this DeadlineProfile (expiry.io) in the pod's namespace and write what"
         " is learned to it (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE and credentials allowed to get,"
-        " create and update deadlineprofiles)",
+        " create and patch deadlineprofiles)",
     )
     serve.add_argument(
         "--profile-owner",

@@ -43,7 +43,8 @@ INTERVAL = 60.0
 SEED_TIMEOUT = 2.0
 CONFLICT_ATTEMPTS = 3
 WHAT = "write the DeadlineProfile"
-PERMISSION = f"get, create and update {profile.API_VERSION.split('/')[0]} deadlineprofiles"
+PERMISSION = f"get, create and patch {profile.API_VERSION.split('/')[0]} deadlineprofiles"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class ProfileSync:
@@ -143,7 +144,8 @@ class ProfileSync:
                 profile.add(self._unsent, delta)
 
     def _write(self, client: Client, delta: dict[str, ScopeStats]) -> None:
-        """On the writer thread: read, add, write back; a conflict (another pod wrote) reads again."""
+        """On the writer thread: read, add, write back; a conflict (another pod wrote since the read:
+        the patch carries the resourceVersion read, which the API server checks) reads again."""
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
                 found: dict[str, Any] | None = client.request("GET", profile.path(self.namespace, self.name))
@@ -171,8 +173,8 @@ class ProfileSync:
             try:
                 if found is None:
                     client.request("POST", profile.path(self.namespace), obj)
-                else:
-                    client.request("PUT", profile.path(self.namespace, self.name), obj)
+                else:  # the whole object, as a merge patch: lists and the resourceVersion are replaced
+                    client.request("PATCH", profile.path(self.namespace, self.name), obj, MERGE_PATCH)
                 return
             except ApiError as exc:
                 if exc.status != 409 or attempt + 1 == CONFLICT_ATTEMPTS:
