@@ -54,6 +54,10 @@ class SidecarSettings:
     adaptive_factor: float = 5
     adaptive_min_samples: int = 20
     adaptive_floor: float = 60
+    false_kill_budget: int = 3
+    deadline_profile: bool = False
+    """Pass --deadline-profile: the pods' service accounts must be allowed to get, create and patch
+    deadlineprofiles.expiry.io in their namespace (the chart's deadlineProfiles.bindings)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +162,10 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
                 sidecar.positive("adaptiveMinSamples", defaults.sidecar.adaptive_min_samples, whole=True)
             ),
             adaptive_floor=sidecar.positive("adaptiveFloor", defaults.sidecar.adaptive_floor),
+            false_kill_budget=int(
+                sidecar.positive("falseKillBudget", defaults.sidecar.false_kill_budget, whole=True)
+            ),
+            deadline_profile=sidecar.flag("deadlineProfile", defaults.sidecar.deadline_profile),
         ),
         webhook=WebhookSettings(
             port=webhook.port("port", defaults.webhook.port),
