@@ -5,12 +5,12 @@
 Two traces (training seconds, time-scaled as in :mod:`bench.detection`: 1 training second = 5 ms),
 replayed by real workers (:mod:`bench.replay`) under a real ``expiry-sidecar serve`` per pod:
 
-- recurring evaluation inside the step: one pod, 2 s steps with a 90 s evaluation inside every
+- recurring evaluation inside the step: one pod, 2 s steps with a 150 s evaluation inside every
   25th step, then a hang in a step. A worker killed in a healthy block is restarted *at that block*
   (torchrun restarts it from its checkpoint, before the block), so a rule that kills the evaluation
   again each time livelocks the job: after ``RETRIES`` kills of one block the job counts as stuck.
 - pod replacement: the same job in three pods one after the other (a Job's pods replaced, each with
-  a fresh state file): 50 steps, 50 steps, then 10 steps and a hang; a 90 s evaluation inside every
+  a fresh state file): 50 steps, 50 steps, then 10 steps and a hang; a 150 s evaluation inside every
   45th step of the job. Each pod's sidecar starts from the workload's DeadlineProfile under
   "adaptive + profile" (served by kmock here; the real API server's run comes with tests/cluster).
 
@@ -40,7 +40,7 @@ from tests.support.kubeapi import KubeApi
 from tests.support.sidecar import free_port, serve_command
 
 SCALE = 0.005
-EVALUATION = 90.0
+EVALUATION = 150.0
 RETRIES = 5
 """Kills of one block after which the job counts as stuck (a livelock)."""
 OWNER = json.dumps({"apiVersion": "batch/v1", "kind": "Job", "name": "bench", "uid": "b-1"})

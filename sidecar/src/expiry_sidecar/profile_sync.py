@@ -40,7 +40,9 @@ log = logging.getLogger("expiry.sidecar")
 
 INTERVAL = 60.0
 """Seconds between writes at most (and only when something was learned)."""
-SEED_TIMEOUT = 2.0
+SEED_TIMEOUT = 10.0
+"""Seconds a new pod waits for its profile at start (the writer loads its client first; before the sidecar
+is ready, so no deadline waits on it). The API server down: refused at once, or this long when silent."""
 CONFLICT_ATTEMPTS = 3
 WHAT = "write the DeadlineProfile"
 PERMISSION = f"get, create and patch {profile.API_VERSION.split('/')[0]} deadlineprofiles"
