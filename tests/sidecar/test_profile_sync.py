@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from expiry.names import BUDGET_SPENT_REASON
 from tests.sidecar.test_adaptive_deadlines import ADAPTIVE, RULE, blocks, kill_rule, killed_after
 from tests.sidecar.test_events import NAMESPACE, log_lines
 from tests.support.kubeapi import KubeApi, write_kubeconfig
@@ -137,3 +138,21 @@ def test_with_the_api_down_the_state_file_rules_and_kills_go_on(
     assert log_lines(server, "starting without the deadline profile")
     stop(server)
     wait_for(lambda: server.process.poll() is not None)
+
+
+def test_a_spent_budget_is_an_event_with_its_own_reason(
+    pod: Pod, sidecar: StartSidecar, api: KubeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start(sidecar, pod, monkeypatch, "train-0", "--events", "--false-kill-budget", "1")
+    learn(pod, server, ",".join(["0.01"] * 5))
+    learn(pod, server, "1.5", expect_kill=True)
+    server.wait_metric("expiry_adaptive_suspended", 1)
+    events = wait_for(
+        lambda: [
+            e for e in api.objects("events.k8s.io/v1/events", NAMESPACE) if e["reason"] == BUDGET_SPENT_REASON
+        ],
+        what="the AdaptiveDeadlinesSuspended Event",
+    )
+    (event,) = events
+    assert event["type"] == "Warning" and event["regarding"]["name"] == "train-0"
+    assert "false-kill budget" in event["note"] and "requested deadline" in event["note"]
