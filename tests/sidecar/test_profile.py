@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from expiry_sidecar import profile
+from expiry_sidecar.apiwriter import ApiError, ApiWriter, Body, PodRef
 from expiry_sidecar.blocks import BlockStats, ScopeStats
 from expiry_sidecar.deadlines import Deadlines, Policy
+from expiry_sidecar.profile_sync import ProfileSync
 
 POLICY = Policy("adaptive", factor=5, min_samples=3, floor=1)
 
@@ -119,3 +123,51 @@ def test_the_object_has_owner_figures_and_a_resource_version() -> None:
 
 def profile_object(scopes: dict[str, ScopeStats]) -> dict[str, object]:
     return profile.body("p", "ml", None, scopes, POLICY, writer="pod", now="2026-01-01T00:00:00Z")
+
+
+class RacingApi:
+    """One stored profile with resourceVersions checked as the API server checks them; another pod's
+    write lands between this sidecar's read and its patch, once."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Any] | None = None
+        self.version = 0
+        self.conflicts = 0
+        self.gets = 0
+
+    def request(self, method: str, path: str, body: Body | None = None, content_type: str = "") -> Body:
+        if method == "GET":
+            if self.stored is None:
+                raise ApiError(404, "Not Found")
+            found = json.loads(json.dumps(self.stored))
+            self.gets += 1
+            if self.gets == 2:  # the first read of a write (the first read is the seed's)
+                self._store(profile_object(profile.merged(profile.scopes_of(found), {"step": learned(0.3)})))
+            return found
+        assert body is not None
+        if method == "PATCH" and body["metadata"].get("resourceVersion") != str(self.version):
+            self.conflicts += 1
+            raise ApiError(409, "Conflict")
+        self._store(body)
+        return body
+
+    def _store(self, body: dict[str, Any]) -> None:
+        self.version += 1
+        self.stored = {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.version)}}
+
+
+def test_a_conflicting_write_is_read_again_and_nothing_is_lost_or_counted_twice(tmp_path: Path) -> None:
+    api = RacingApi()
+    api.stored = profile_object({"step": learned(0.1, 0.1)}) | {"metadata": {"resourceVersion": "0"}}
+    writer = ApiWriter(PodRef("train-1", "ml"), connect=lambda: api)
+    stats = BlockStats()
+    sync = ProfileSync(writer, name="p", owner=None, stats=stats, policy=POLICY, baseline_file=tmp_path / "b")
+    sync.start()
+    assert stats.scopes["step"].count == 2, "seeded"
+    stats.record("step", 0.2, 600)
+    sync.due()
+    writer.close()
+    assert sync.results == {"written": 1} and api.conflicts == 1
+    assert api.stored is not None
+    assert profile.scopes_of(api.stored)["step"].count == 4, "2 seeded + 1 from the other pod + 1 of ours"
+    assert json.loads((tmp_path / "b").read_text())["baseline"]["step"][0] == 3
