@@ -283,6 +283,7 @@ def test_a_recurring_long_block_costs_one_kill_across_worker_and_sidecar_restart
     assert killed.wait() == -signal.SIGKILL, "the first evaluation is killed at the adaptive deadline"
     assert kill_rule(first).startswith("adaptive: floor 0.1 s")
     first.wait_metric("expiry_adaptive_expirations_total", 1)
+    wait_for(lambda: read_blocks(Path(state)).scopes["step"].held, what="the hold in the state file")
     first.signal(signal.SIGKILL)
     first.process.wait(timeout=10)
 
@@ -370,7 +371,7 @@ def test_learned_statistics_survive_two_successive_sigkills(
 
     first = sidecar(*args)
     learn(first, 5, "0.1")
-    first.wait_metric("expiry_block_duration_seconds_count", 5)
+    wait_for(lambda: read_blocks(path).scopes["step"].count == 5, what="the blocks in the journal")
     sigkill(first)
 
     second = sidecar(*args)
@@ -381,7 +382,7 @@ def test_learned_statistics_survive_two_successive_sigkills(
     third = sidecar(*args)
     assert blocks(third)["step"]["blocks"] == 5
     learn(third, 3, "0.3")
-    third.wait_metric("expiry_block_duration_seconds_count", 8)
+    wait_for(lambda: read_blocks(path).scopes["step"].count == 8, what="the blocks in the journal")
     sigkill(third)
 
     fourth = sidecar(*args)

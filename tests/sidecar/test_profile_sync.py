@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from expiry.names import BUDGET_SPENT_REASON
+from expiry_sidecar.state import read_blocks
 from tests.sidecar.test_adaptive_deadlines import ADAPTIVE, RULE, blocks, kill_rule, killed_after
 from tests.sidecar.test_events import NAMESPACE, log_lines
 from tests.support.kubeapi import KubeApi, write_kubeconfig
@@ -114,7 +115,8 @@ def test_a_sigkilled_sidecar_never_writes_the_same_blocks_twice(
     assert scope_of(api)["blocks"] == 3
     again = start(sidecar, pod, monkeypatch, "train-0")  # the same pod's sidecar, restarted
     learn(pod, again, "0.01,0.01")
-    again.wait_metric("expiry_requests_total", 2, kind="release")
+    state = pod.workdir / "train-0.state"
+    wait_for(lambda: read_blocks(state).scopes["step"].count == 5, what="the blocks in the journal")
     again.signal(signal.SIGKILL)
     again.process.wait(timeout=10)
     third = start(sidecar, pod, monkeypatch, "train-0")
