@@ -14,7 +14,8 @@ The rules, in the order a request meets them:
    :mod:`.mode`): with a signal <= 0, nothing; otherwise the worker is ordered killed (``kill_signal``
    overrides the client's choice; in observe mode only as if), and all of its timers are cleared:
    a worker is killed once, however many of its timers expired, and never again while its kill is
-   under way.
+   under way. An expiry at an adaptive deadline teaches its scope and charges the pod's false-kill
+   budget (see :mod:`.deadlines`).
 5. A kill order is carried out off the loop (``dispatch``): the slow work before the signal (stack
    dump, pod condition) runs, each piece within its own bound, then the signal goes out (unless
    observing or the worker is protected), and the report comes back to the loop (``killed``) for
