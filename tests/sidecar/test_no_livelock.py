@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from expiry_sidecar.blocks import ScopeStats
+from expiry_sidecar import profile
+from expiry_sidecar.blocks import BlockStats, ScopeStats
 from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.deadlines import Policy
 from expiry_sidecar.server import TimerServer
@@ -180,3 +181,45 @@ def test_requested_deadlines_never_hold_or_charge_the_budget() -> None:
     assert not server.deadlines.suspended and server.deadlines.adaptive_expirations == 0
     scope = server.deadlines.stats.get("s")
     assert scope is not None and scope.killed_after == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=traces(), cuts=st.lists(st.integers(0, 120), max_size=4), new_pod_per_kill=st.booleans())
+def test_at_most_one_false_kill_per_scope_across_pod_replacements_through_a_profile(
+    case: tuple[Policy, list[tuple[str, float | None]], dict[str, set[float]]],
+    cuts: list[int],
+    new_pod_per_kill: bool,
+) -> None:
+    """The same trace, the pod replaced before each cut, and (a Job with restartPolicy Never) after
+    every kill when ``new_pod_per_kill``: the next pod's sidecar starts from the profile (what the
+    previous pods learned, merged through the DeadlineProfile object and read back, as profile_sync
+    does it), so the bound on false kills holds for the whole workload."""
+    policy, trace, long = case
+    world = World()
+    stored: dict[str, ScopeStats] = {}
+    server, baseline = world.server(policy), {}
+    false_kills: dict[str, int] = {}
+
+    def replace_pod() -> None:
+        nonlocal stored, server, baseline
+        stored = profile.merged(stored, profile.difference(server.deadlines.stats.scopes, baseline))
+        seed = profile.scopes_of(profile.body("p", "ml", None, stored, policy, writer="", now=""))
+        stats = BlockStats()
+        stats.load({scope: s.to_json() for scope, s in seed.items()})
+        server, baseline = world.server(policy, stats=stats), seed
+
+    for n, (scope, duration) in enumerate(trace):
+        if n in cuts:
+            replace_pod()
+        for _ in range(RETRIES):
+            killed_after = run_block(world, server, scope, REQUESTED, duration)
+            if duration is None:
+                assert killed_after is not None and killed_after <= REQUESTED + 1e-6
+                break
+            if killed_after is None:
+                break
+            false_kills[scope] = false_kills.get(scope, 0) + 1
+            if new_pod_per_kill:
+                replace_pod()
+    for scope, kills in false_kills.items():
+        assert kills <= len(long[scope]), f"scope {scope}: {kills} false kills for durations {long[scope]}"
