@@ -78,7 +78,7 @@ def test_the_profile_is_bounded_whatever_the_number_of_scopes_and_pods() -> None
     assert len(stored) == profile.MAX_SCOPES
     assert all(len(scope) <= profile.MAX_SCOPE_LENGTH for scope in stored)
     size = len(json.dumps(profile_object(stored)))
-    assert size < 200_000, size
+    assert size < 160_000, size
 
 
 def test_a_malformed_profile_is_refused() -> None:
