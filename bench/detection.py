@@ -18,6 +18,9 @@ next block (as an elastic agent would, without the lost progress). The hang's de
 acquire to the worker's death seen here, in training seconds, and as a multiple of the longest
 healthy block of the hang's scope as the rule sees scopes (one stream without its first interval,
 for nvidia-resiliency-ext's).
+
+Worker restarts at the killed block and pod replacements, with DeadlineProfiles: :mod:`bench.restarts`
+(its table is printed after this one, and added to the runner's notes).
 """
 
 from __future__ import annotations
@@ -226,6 +229,13 @@ def figure(ctx: Context) -> list[Row]:
         f"GPU time lost per hang, every rule (1 training s = {scale * 1000:g} ms):\n\n"
         + table(traces, results)
     )
+    if not ctx.quick:
+        from bench import restarts  # it builds on this module's harness
+
+        ctx.notes.append(
+            "False kills across worker restarts and pod replacements:\n\n"
+            + restarts.table(restarts.measure(workdir))
+        )
     return rows
 
 
@@ -237,6 +247,12 @@ def main() -> None:
         results = measure(traces, scale, Path(workdir))
     print(f"1 training second = {scale * 1000:g} ms; warm-up {WARM_UP} blocks, floor {FLOOR:g} s\n")
     print(table(traces, results))
+    from bench import restarts  # it builds on this module's harness
+
+    with tempfile.TemporaryDirectory(prefix="expiry-restarts-") as workdir:
+        again = restarts.measure(Path(workdir))
+    print("\nWorker restarts at the killed block, and pod replacements:\n")
+    print(restarts.table(again))
 
 
 if __name__ == "__main__":

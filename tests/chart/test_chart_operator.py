@@ -39,6 +39,8 @@ CONTRACT_DEFAULTS: dict[str, Any] = {
         "adaptiveFactor": 5,
         "adaptiveMinSamples": 20,
         "adaptiveFloor": 60,
+        "falseKillBudget": 3,
+        "deadlineProfile": False,
     },
     "webhook": {"port": 8443, "certFile": "/etc/expiry/tls/tls.crt", "keyFile": "/etc/expiry/tls/tls.key"},
     "health": {"port": 8080},
@@ -89,9 +91,11 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
             "adaptiveFactor": 3,
             "adaptiveMinSamples": 50,
             "adaptiveFloor": 2.5,
+            "falseKillBudget": 5,
         },
         "operator": {"watchUnprotectedPods": False},
         "podCondition": {"enabled": True},
+        "deadlineProfiles": {"enabled": True},
     }
     config = operator_config(helm.render(values))
     assert config["sidecar"] == {
@@ -111,6 +115,8 @@ def test_sidecar_values_reach_the_config(helm: Helm) -> None:
         "adaptiveFactor": 3,
         "adaptiveMinSamples": 50,
         "adaptiveFloor": 2.5,
+        "falseKillBudget": 5,
+        "deadlineProfile": True,
     }
     assert config["unprotectedPods"] == {"watch": False}
 

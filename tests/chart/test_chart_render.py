@@ -110,7 +110,12 @@ def test_namespaced_objects_go_to_the_release_namespace(
     rendered: Rendered, helm: Helm, scenario: Scenario
 ) -> None:
     """...or to namespaceOverride; dashboards may go to Grafana's namespace."""
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "CustomResourceDefinition",
+    }
     namespace = scenario.values.get("namespaceOverride") or helm.namespace
     dashboards = scenario.values.get("monitoring", {}).get("dashboards", {}).get("namespace") or namespace
     for obj in rendered.objects:

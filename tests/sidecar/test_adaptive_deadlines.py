@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from expiry_sidecar import cli
+from expiry_sidecar.state import read_blocks
 from tests.support.pod import Pod
 from tests.support.sidecar import SIDECAR, Sidecar, Worker, wait_for
 
@@ -261,3 +262,135 @@ def test_block_durations_by_scope_only_under_scope_metrics(pod: Pod, sidecar: St
     assert "expiry_block_duration_seconds_count" not in {
         name for (name, labels) in metrics.samples if not labels
     }, "with scope labels, no unlabelled series beside them"
+
+
+def test_a_recurring_long_block_costs_one_kill_across_worker_and_sidecar_restarts(
+    pod: Pod, sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    """30 quick steps, then a step with an evaluation inside, 15x longer: killed once at the adaptive
+    deadline; the restarted worker resumes at that same step (as torchrun restarts it from its
+    checkpoint) and passes it, even after the sidecar itself was SIGKILLed in between; then a hang is
+    still found at 2 x the evaluation, long before the requested hour."""
+    state = str(tmp_path / "state.json")
+    args = (*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1", "--state-file", state)
+    first = sidecar(*args)
+    learner = Worker(pod, first.fifo, "steps", "--count", "30", "--step", "0.005", "--after", "3600")
+    learner.expect("done 30")
+    assert learner.wait() == 0
+    first.wait_metric("expiry_requests_total", 30, kind="release")
+    evaluation = ("steps", "--durations", "1.5,0.005", "--after", "3600")
+    killed = Worker(pod, first.fifo, *evaluation)
+    assert killed.wait() == -signal.SIGKILL, "the first evaluation is killed at the adaptive deadline"
+    assert kill_rule(first).startswith("adaptive: floor 0.1 s")
+    first.wait_metric("expiry_adaptive_expirations_total", 1)
+    wait_for(lambda: read_blocks(Path(state)).scopes["step"].held, what="the hold in the state file")
+    first.signal(signal.SIGKILL)
+    first.process.wait(timeout=10)
+
+    second = sidecar(*args)
+    restarted = Worker(pod, second.fifo, *evaluation)
+    restarted.expect("done 2")
+    assert restarted.wait() == 0, "the restarted worker passes the block that was killed"
+    metrics = second.wait_metric("expiry_requests_total", 2, kind="release")
+    assert metrics("expiry_kills_total", signal="SIGKILL") == 0
+    again = Worker(pod, second.fifo, *evaluation)
+    again.expect("done 2")
+    assert again.wait() == 0, "and every later one"
+    hang = Worker(pod, second.fifo, "steps", "--count", "0", "--after", "3600", "--hang")
+    hang.expect("done 0")
+    elapsed = killed_after(hang)
+    match = RULE.fullmatch(kill_rule(second))
+    assert match and float(match[1]) == 2 and float(match[2]) >= 1.5, kill_rule(second)
+    assert 2 * float(match[2]) * 0.99 <= elapsed < 2 * float(match[2]) + 3.0
+
+
+def test_a_held_scope_says_so_and_finds_a_hang_at_the_requested_deadline(
+    pod: Pod, sidecar: StartSidecar
+) -> None:
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1")
+    learner = Worker(pod, server.fifo, "steps", "--count", "5", "--step", "0.005", "--after", "3600")
+    learner.expect("done 5")
+    assert learner.wait() == 0
+    killed = Worker(pod, server.fifo, "steps", "--durations", "1.5", "--after", "3600")
+    assert killed.wait() == -signal.SIGKILL
+    hang = Worker(pod, server.fifo, "steps", "--count", "0", "--after", "1.0", "--hang")
+    hang.expect("done 0")
+    assert killed_after(hang) >= 1.0, "a held scope keeps its requested deadline"
+    rules = [e["rule"] for e in server.logs() if e["message"] == "killed a stuck worker"]
+    assert re.fullmatch(
+        r"requested \S+ s \(adaptive held: a block ran 0\.1 s and was killed .*\)", rules[-1]
+    ), rules
+
+
+def test_the_false_kill_budget_stops_a_storm_and_says_so(pod: Pod, sidecar: StartSidecar) -> None:
+    """A slowdown outside the job (storage) makes every scope's blocks slower: after the budget's two
+    adaptive kills the pod falls back to requested deadlines; the third slow block passes."""
+    server = sidecar(
+        *ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1", "--false-kill-budget", "2"
+    )
+
+    def blocks_of(scope: str, durations: str) -> Worker:
+        return Worker(
+            pod, server.fifo, "steps", "--scope", scope, "--durations", durations, "--after", "3600"
+        )
+
+    learners = [blocks_of(scope, "0.005,0.005,0.005,0.005,0.005") for scope in ("load", "step", "save")]
+    for learner in learners:
+        learner.expect("done 5")
+        assert learner.wait() == 0
+    server.wait_metric("expiry_requests_total", 15, kind="release")
+    slow = [blocks_of(scope, "1.0") for scope in ("load", "step")]
+    assert [worker.wait() for worker in slow] == [-signal.SIGKILL] * 2
+    server.wait_metric("expiry_adaptive_suspended", 1)
+    survivor = blocks_of("save", "1.0")
+    survivor.expect("done 1")
+    assert survivor.wait() == 0, "after the budget, requested deadlines"
+    (said,) = [e for e in server.logs() if e["message"].startswith("adaptive deadlines suspended")]
+    assert said["kills"] == 2 and said["level"] == "warning"
+    metrics = server.metrics()
+    assert metrics("expiry_adaptive_expirations_total") == 2
+    assert metrics("expiry_kills_total", signal="SIGKILL") == 2
+
+
+def test_learned_statistics_survive_two_successive_sigkills(
+    pod: Pod, sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    """The first restart reads the journal and rewrites it as a snapshot; the second restart reads
+    that snapshot back (and the journal appended to it)."""
+    path = tmp_path / "state.json"
+    args = (*ADAPTIVE, "--adaptive-factor", "5", "--adaptive-floor", "0.2", "--state-file", str(path))
+
+    def sigkill(server: Sidecar) -> None:
+        server.signal(signal.SIGKILL)
+        server.process.wait(timeout=10)
+
+    def learn(server: Sidecar, count: int, step: str) -> None:
+        worker = Worker(pod, server.fifo, "steps", "--count", str(count), "--step", step, "--after", "3600")
+        worker.expect(f"done {count}")
+        assert worker.wait() == 0
+
+    first = sidecar(*args)
+    learn(first, 5, "0.1")
+    wait_for(lambda: read_blocks(path).scopes["step"].count == 5, what="the blocks in the journal")
+    sigkill(first)
+
+    second = sidecar(*args)
+    assert blocks(second)["step"]["blocks"] == 5
+    sigkill(second)  # its state file is now only the snapshot it wrote at start
+    assert read_blocks(path).scopes["step"].count == 5, "the rewritten snapshot holds what was learned"
+
+    third = sidecar(*args)
+    assert blocks(third)["step"]["blocks"] == 5
+    learn(third, 3, "0.3")
+    wait_for(lambda: read_blocks(path).scopes["step"].count == 8, what="the blocks in the journal")
+    sigkill(third)
+
+    fourth = sidecar(*args)
+    step = blocks(fourth)["step"]
+    assert step["blocks"] == 8 and step["longest"] >= 0.3
+    hang = Worker(pod, fourth.fifo, "steps", "--count", "0", "--after", "3600", "--hang")
+    hang.expect("done 0")
+    elapsed = killed_after(hang)
+    match = RULE.fullmatch(kill_rule(fourth))
+    assert match and int(match[3]) == 8, kill_rule(fourth)
+    assert 5 * float(match[2]) * 0.99 <= elapsed < 5 * float(match[2]) + 3.0

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from expiry.wire import Request, encode
 from expiry_sidecar.blocks import BUCKETS, BlockStats, ScopeStats, bucket_of, upper_bound
+from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.deadlines import Deadlines, Policy
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.processes import NotAttached, Worker
@@ -45,7 +46,7 @@ class World(Listener):
     def after_kill(self, report: KillReport) -> None:
         self.kills.append(report)
 
-    def server(self, policy: Policy) -> TimerServer:
+    def server(self, policy: Policy, budget: int = 10**9, stats: BlockStats | None = None) -> TimerServer:
         clock = Clock(monotonic=lambda: self.now, wall=lambda: self.now + WALL_OFFSET)
         return TimerServer(
             clock=clock,
@@ -53,7 +54,7 @@ class World(Listener):
             send=self.send,
             listeners=[self],
             escalate_after=0,
-            deadlines=Deadlines(policy),
+            deadlines=Deadlines(policy, stats, FalseKillBudget(budget)),
         )
 
     def acquire(self, server: TimerServer, scope: str, after: float) -> None:
@@ -85,9 +86,11 @@ def run_block(
     return world.now - start
 
 
-def oracle(policy: Policy, completed: list[float], requested: float) -> float:
-    """The rule of DESIGN.md, from the completed blocks of the scope alone."""
-    if policy.deadlines == "adaptive" and len(completed) >= policy.min_samples:
+def oracle(policy: Policy, completed: list[float], requested: float, killed_after: float = 0.0) -> float:
+    """The rule of DESIGN.md, from the completed blocks of the scope and the longest one killed at an
+    adaptive deadline (the scope is held at requested until a block that long completes)."""
+    learned = policy.deadlines == "adaptive" and len(completed) >= policy.min_samples
+    if learned and killed_after <= max(completed):
         return min(requested, max(policy.floor, policy.factor * max(completed)))
     return requested
 
@@ -111,11 +114,14 @@ def test_no_false_kill_within_the_rule_and_no_hang_found_later(
     world = World()
     server = world.server(policy)
     completed: dict[str, list[float]] = {"a": [], "b": []}
+    held: dict[str, float] = {"a": 0.0, "b": 0.0}
     over_adaptive = 0
     for scope, requested, duration in trace:
-        expected = oracle(policy, completed[scope], requested)
-        adaptive = oracle(replace(policy, deadlines="adaptive"), completed[scope], math.inf)
+        expected = oracle(policy, completed[scope], requested, held[scope])
+        adaptive = oracle(replace(policy, deadlines="adaptive"), completed[scope], math.inf, held[scope])
         killed_after = run_block(world, server, scope, requested, duration)
+        if killed_after is not None and expected < requested:
+            held[scope] = max(held[scope], killed_after)
         if duration is None or duration > expected + 1e-6:
             assert killed_after == pytest.approx(expected, abs=1e-6), (
                 "a hang found later (or sooner) than the rule"
@@ -143,7 +149,13 @@ def test_a_kill_says_which_deadline_fired_and_why() -> None:
     assert run_block(world, server, "s", 1800, None) == pytest.approx(16.0)
     assert world.kills[-1].rule == "adaptive: 5 x 3.2 s longest of 3 blocks; requested 1800 s"
     assert run_block(world, server, "s", 10, None) == pytest.approx(10.0)
-    assert world.kills[-1].rule == "requested 10 s (adaptive: 5 x 3.2 s longest of 3 blocks would be later)"
+    assert world.kills[-1].rule == (
+        "requested 10 s (adaptive held: a block ran 16 s and was killed at its adaptive deadline;"
+        " adaptive again once a block that long completes)"
+    )
+    assert run_block(world, server, "s", 1800, 17.0) is None, "held: the requested deadline"
+    assert run_block(world, server, "s", 10, None) == pytest.approx(10.0)
+    assert world.kills[-1].rule == "requested 10 s (adaptive: 5 x 17 s longest of 4 blocks would be later)"
     for _ in range(3):
         run_block(world, server, "quick", 1800, 0.01)
     assert run_block(world, server, "quick", 1800, None) == pytest.approx(0.5)

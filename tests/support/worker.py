@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--step", type=float, default=0.0)
     parser.add_argument("--durations", default="")
+    parser.add_argument("--scope", default="step", help="steps: the scope of every block (expiry's client)")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--client", choices=["expiry", "torch"], default="expiry")
     args = parser.parse_args()
@@ -168,7 +169,7 @@ def steps(args: argparse.Namespace) -> None:
     else:
 
         def block(after: float) -> Any:
-            return expires(after=after, scope="step")
+            return expires(after=after, scope=args.scope)
 
     for duration in [*durations, None]:
         if duration is None:

@@ -48,3 +48,14 @@ KILLS_ANNOTATION: Final = "expiry.io/kills"
 """On a kill Event: the burst's workers as a compact JSON list (docs/sidecar.md has the keys)."""
 KILLS_TRUNCATED_ANNOTATION: Final = "expiry.io/kills-truncated"
 """On a kill Event: how many workers the list left out for size (only when any were)."""
+
+BUDGET_SPENT_REASON: Final = "AdaptiveDeadlinesSuspended"
+"""The reason of the sidecar's Event when its pod spent the false-kill budget (requested deadlines
+from then on)."""
+
+PROFILE_GROUP: Final = "expiry.io"
+PROFILE_VERSION: Final = "v1alpha1"
+PROFILE_KIND: Final = "DeadlineProfile"
+PROFILE_PLURAL: Final = "deadlineprofiles"
+"""The DeadlineProfile custom resource: what one workload's sidecars learned (its CRD ships in the
+chart, charts/expiry/templates/crd-deadlineprofiles.yaml)."""

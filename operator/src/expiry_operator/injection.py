@@ -27,6 +27,7 @@ from expiry_operator.options import (
     PodOptions,
     parse_options,
 )
+from expiry_operator.profiles import profile_for
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import SidecarSettings
 from expiry_operator.sidecar_spec import Identity, SidecarPlan, sidecar_container
@@ -140,6 +141,7 @@ def _injection(
         native=native,
         exit_when_alone=not native and spec.get("restartPolicy", "Always") != "Always",
         guaranteed_qos=_is_guaranteed(spec),
+        profile=profile_for(pod) if options.deadline_profile else None,
     )
     sidecar = sidecar_container(settings, plan)
     ops: JsonPatch = []

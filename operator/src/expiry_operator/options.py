@@ -46,6 +46,8 @@ DEADLINES = f"{P}deadlines"
 ADAPTIVE_FACTOR = f"{P}adaptive-factor"
 ADAPTIVE_MIN_SAMPLES = f"{P}adaptive-min-samples"
 ADAPTIVE_FLOOR = f"{P}adaptive-floor"
+FALSE_KILL_BUDGET = f"{P}false-kill-budget"
+DEADLINE_PROFILE = f"{P}deadline-profile"
 RECORD_ANNOTATION = f"{P}injection"
 """What the operator injected (JSON), so re-admission strips exactly that before injecting again."""
 
@@ -75,6 +77,8 @@ class PodOptions:
     adaptive_factor: float
     adaptive_min_samples: int
     adaptive_floor: float
+    false_kill_budget: int
+    deadline_profile: bool
 
 
 def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> PodOptions:
@@ -105,6 +109,11 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         adaptive_factor=read(ADAPTIVE_FACTOR, _positive, defaults.adaptive_factor),
         adaptive_min_samples=read(ADAPTIVE_MIN_SAMPLES, _whole, defaults.adaptive_min_samples),
         adaptive_floor=read(ADAPTIVE_FLOOR, _positive, defaults.adaptive_floor),
+        false_kill_budget=read(FALSE_KILL_BUDGET, _whole, defaults.false_kill_budget),
+        deadline_profile=read(
+            DEADLINE_PROFILE, _one_of(_BOOLEANS), "true" if defaults.deadline_profile else "false"
+        )
+        == "true",
     )
 
 
@@ -193,4 +202,6 @@ _KNOWN = OWN_ANNOTATIONS | {
     ADAPTIVE_FACTOR,
     ADAPTIVE_MIN_SAMPLES,
     ADAPTIVE_FLOOR,
+    FALSE_KILL_BUDGET,
+    DEADLINE_PROFILE,
 }

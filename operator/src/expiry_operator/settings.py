@@ -90,6 +90,10 @@ class SidecarSettings:
     adaptive_floor: float = 60
     env: tuple[Mapping[str, Any], ...] = ()
     """Extra EnvVar objects of the injected container (e.g. a proxy); EXPIRY_* names are the sidecar's own."""
+    false_kill_budget: int = 3
+    deadline_profile: bool = False
+    """Pass --deadline-profile: the pods' service accounts must be allowed to get, create and patch
+    deadlineprofiles.expiry.io in their namespace (the chart's deadlineProfiles.bindings)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +209,10 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             ),
             adaptive_floor=sidecar.positive("adaptiveFloor", defaults.sidecar.adaptive_floor),
             env=sidecar.env_vars("env"),
+            false_kill_budget=int(
+                sidecar.positive("falseKillBudget", defaults.sidecar.false_kill_budget, whole=True)
+            ),
+            deadline_profile=sidecar.flag("deadlineProfile", defaults.sidecar.deadline_profile),
         ),
         webhook=WebhookSettings(
             port=webhook.port("port", defaults.webhook.port),

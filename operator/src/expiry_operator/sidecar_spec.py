@@ -7,12 +7,16 @@ from typing import Any
 
 from expiry import names
 from expiry_operator.options import PodOptions
+from expiry_operator.profiles import DeadlineProfileRef
 from expiry_operator.quantities import parse_quantity
 from expiry_operator.settings import SidecarSettings
 
 SIDECAR_DEFAULTS = SidecarSettings()
 """The operator's defaults are the sidecar's own (tests/operator/test_settings_table.py holds them equal),
 so a value equal to them need not be passed."""
+SIDECAR_FALSE_KILL_BUDGET = 3
+"""The sidecar's own default of --false-kill-budget: the flag is passed only when it differs, so a
+sidecar image older than the flag still starts (version skew)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,8 @@ class SidecarPlan:
     native: bool
     exit_when_alone: bool
     guaranteed_qos: bool
+    profile: DeadlineProfileRef | None = None
+    """The workload's DeadlineProfile, when the pod uses one (profiles.profile_for)."""
 
 
 def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str, Any]:
@@ -96,6 +102,12 @@ def _args(plan: SidecarPlan) -> list[str]:
         args += ["--adaptive-min-samples", str(options.adaptive_min_samples)]
     if options.adaptive_floor != SIDECAR_DEFAULTS.adaptive_floor:
         args += ["--adaptive-floor", _number(options.adaptive_floor)]
+    if options.false_kill_budget != SIDECAR_FALSE_KILL_BUDGET:
+        args += ["--false-kill-budget", str(options.false_kill_budget)]
+    if plan.profile is not None:
+        args += ["--deadline-profile", plan.profile.name]
+        if plan.profile.owner is not None:
+            args += ["--profile-owner", plan.profile.owner]
     if plan.exit_when_alone:
         args.append("--exit-when-alone")
     if options.events:

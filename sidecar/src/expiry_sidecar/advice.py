@@ -45,6 +45,7 @@ def _scope(policy: Policy, stats: ScopeStats, learns: bool = True) -> dict[str, 
         "longest": stats.longest,
         "requested": stats.requested,
         "adaptive_limit": limit,
+        "held_after": stats.held,
     }
 
 

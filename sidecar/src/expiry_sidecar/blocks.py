@@ -55,6 +55,21 @@ class Learned(NamedTuple):
     longest: float
     limit: float | None = None
     """Seconds the adaptive rule allows a block (deadlines.Policy.limit), None while warming up."""
+    held: float = 0.0
+    """ScopeStats.killed_after when it is still longer than the longest completed block: the scope
+    keeps its requested deadlines (0: not held)."""
+    suspended: bool = False
+    """The pod spent its false-kill budget (budget.py): every block keeps its requested deadline."""
+
+
+def _killed_after(more: list[Any]) -> float | None:
+    """The optional sixth field of a scope's JSON (None: malformed)."""
+    match more:
+        case []:
+            return 0.0
+        case [float() | int() as seconds] if math.isfinite(seconds) and seconds >= 0:
+            return float(seconds)
+    return None
 
 
 def _no_blocks() -> list[int]:
@@ -70,6 +85,10 @@ class ScopeStats:
     """The requested deadline (seconds after the acquire) of the scope's last completed block."""
     buckets: list[int] = field(default_factory=_no_blocks)
     """Blocks per bucket: a list, not a sparse dict, since recording runs once per release."""
+    killed_after: float = 0.0
+    """The longest a block of this scope ran before it was killed at its adaptive deadline (0: never).
+    While it is longer than ``longest`` the scope is held at its requested deadlines (deadlines.py);
+    both only grow, so merging takes the larger of each, in any order."""
     snapshot: Learned | None = field(default=None, repr=False, compare=False)
     """The deadline policy's cache (deadlines.Deadlines). It depends on the count only until the
     scope has a limit, so it is dropped when the longest block grows or while there is no limit."""
@@ -102,18 +121,33 @@ class ScopeStats:
         self.count += other.count
         self.total += other.total
         self.longest = max(self.longest, other.longest)
+        self.killed_after = max(self.killed_after, other.killed_after)
         self.requested = other.requested or self.requested
         self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
         self.snapshot = None
 
+    def killed(self, ran: float) -> None:
+        """A block ran ``ran`` seconds and was killed at its adaptive deadline."""
+        if ran > self.killed_after:
+            self.killed_after = ran
+            self.snapshot = None
+
+    @property
+    def held(self) -> float:
+        """killed_after while no completed block was as long (the scope is held), else 0."""
+        return self.killed_after if self.killed_after > self.longest else 0.0
+
     def to_json(self) -> list[Any]:
-        return [
+        data: list[Any] = [
             self.count,
             self.longest,
             self.total,
             self.requested,
             {str(i): n for i, n in enumerate(self.buckets) if n},
         ]
+        if self.killed_after:  # only then: a file without kills stays readable by older sidecars
+            data.append(self.killed_after)
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> ScopeStats:
@@ -125,10 +159,13 @@ class ScopeStats:
                 float() | int() as total,
                 float() | int() as requested,
                 dict(raw),
+                *more,
             ]:
-                pass
+                killed_after = _killed_after(more)
             case _:
-                raise ValueError(f"not a scope's statistics: {str(data)[:80]!r}")
+                killed_after = None
+        if killed_after is None:
+            raise ValueError(f"not a scope's statistics: {str(data)[:80]!r}")
         buckets = _no_blocks()
         for key, n in raw.items():
             index = int(key)
@@ -141,7 +178,7 @@ class ScopeStats:
             or not all(math.isfinite(x) and x >= 0 for x in (longest, total, requested))
         ):
             raise ValueError("inconsistent scope statistics")
-        return cls(count, float(longest), float(total), float(requested), buckets)
+        return cls(count, float(longest), float(total), float(requested), buckets, killed_after)
 
 
 class BlockStats:
@@ -163,6 +200,14 @@ class BlockStats:
 
     def get(self, scope_id: str) -> ScopeStats | None:
         return self.scopes.get(scope_id)
+
+    def killed(self, scope_id: str, ran: float) -> None:
+        """A block of ``scope_id`` was killed at its adaptive deadline after ``ran`` seconds (a pooled
+        scope has no adaptive deadline, so only tracked scopes are ever told)."""
+        stats = self.scopes.get(scope_id)
+        if stats is not None:
+            stats.killed(ran)
+            self.dirty.add(scope_id)
 
     def record(self, scope_id: str, seconds: float, requested: float) -> None:
         stats = self.scopes.get(scope_id)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import __version__, advice, alone, logs
+from expiry_sidecar.budget import DEFAULT_KILLS, WINDOW
 from expiry_sidecar.daemon import Options, Sidecar
 from expiry_sidecar.deadlines import POLICIES, REQUESTED, Deadlines, Policy
 from expiry_sidecar.local import run_command
 from expiry_sidecar.mode import Mode
+from expiry_sidecar.profile import Owner
 from expiry_sidecar.state import read_blocks
 
 
@@ -89,6 +91,13 @@ def policy_flags(parser: argparse.ArgumentParser, *, defaults: bool = True) -> N
     )
 
 
+def owner(text: str) -> Owner:
+    try:
+        return Owner.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
@@ -139,6 +148,14 @@ def parser() -> argparse.ArgumentParser:
         " (never above the requested one; default requested)",
     )
     policy_flags(common)
+    common.add_argument(
+        "--false-kill-budget",
+        type=count,
+        default=DEFAULT_KILLS,
+        metavar="N",
+        help=f"after N blocks killed at adaptive deadlines within {WINDOW / 3600:g} h, fall back to requested"
+        f" deadlines for the rest of the pod's life, and say so (default {DEFAULT_KILLS})",
+    )
     common.add_argument("--log-format", choices=["json", "text"], default="json")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
@@ -175,6 +192,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="before a kill, set the condition expiry.io/WorkerHung on this pod (waits at most 1 s; needs"
         " EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE and credentials allowed to patch pods/status)",
+    )
+    serve.add_argument(
+        "--deadline-profile",
+        metavar="NAME",
+        help="start a fresh pod from this DeadlineProfile (expiry.io) in the pod's namespace and write what"
+        " is learned to it (needs EXPIRY_POD_NAME, EXPIRY_POD_NAMESPACE and credentials allowed to get,"
+        " create and patch deadlineprofiles)",
+    )
+    serve.add_argument(
+        "--profile-owner",
+        type=owner,
+        metavar="JSON",
+        help='the workload that owns the profile: {"apiVersion", "kind", "name", "uid"} (deleted with it)',
     )
 
     run = commands.add_parser(
@@ -251,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adaptive_factor=args.adaptive_factor,
         adaptive_min_samples=args.adaptive_min_samples,
         adaptive_floor=args.adaptive_floor,
+        false_kill_budget=args.false_kill_budget,
     )
     if args.command == "serve":
         options.fifo = args.fifo
@@ -259,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.alone_grace = args.alone_grace
         options.events = args.events
         options.pod_condition = args.pod_condition
+        options.deadline_profile = args.deadline_profile
+        options.profile_owner = args.profile_owner
         return Sidecar(options).serve_until_signalled()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

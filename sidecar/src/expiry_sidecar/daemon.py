@@ -10,10 +10,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from expiry.names import FIFO_PATH, METRICS_PORT
+from expiry.names import BUDGET_SPENT_REASON, FIFO_PATH, METRICS_PORT
 from expiry_sidecar import alone, kills, rivals
 from expiry_sidecar.advice import document
 from expiry_sidecar.apiwriter import ApiWriter, PodRef
+from expiry_sidecar.budget import DEFAULT_KILLS, FalseKillBudget
 from expiry_sidecar.condition import PodCondition
 from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.events import EventRecorder
@@ -21,8 +22,17 @@ from expiry_sidecar.fifo import FifoReader, NameWatch, fifo_at, wake_readers
 from expiry_sidecar.http import HttpEndpoint, Probes
 from expiry_sidecar.killer import KillPool
 from expiry_sidecar.loop import ServeLoop
-from expiry_sidecar.metrics import condition_counter, event_counter, make_registry, stack_dump_counter
+from expiry_sidecar.metrics import (
+    condition_counter,
+    event_counter,
+    make_registry,
+    profile_counter,
+    stack_dump_counter,
+)
 from expiry_sidecar.mode import Mode
+from expiry_sidecar.profile import Owner
+from expiry_sidecar.profile_sync import INTERVAL as PROFILE_INTERVAL
+from expiry_sidecar.profile_sync import ProfileSync
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
 from expiry_sidecar.state import JournaledBook, StateFile
@@ -65,6 +75,11 @@ class Options:
     adaptive_factor: float = 5.0
     adaptive_min_samples: int = 20
     adaptive_floor: float = 60.0
+    false_kill_budget: int = DEFAULT_KILLS
+    """Adaptive kills per budget.WINDOW before the pod falls back to requested deadlines."""
+    deadline_profile: str | None = None
+    """The workload's DeadlineProfile to start from and write to (None: none)."""
+    profile_owner: Owner | None = None
 
     def policy(self) -> Policy:
         return Policy(self.deadlines, self.adaptive_factor, self.adaptive_min_samples, self.adaptive_floor)
@@ -91,12 +106,28 @@ class KillLog(Listener):
             log.warning("could not kill", extra=fields)
 
 
+class BudgetNotice(Listener):
+    """Says, once, that the pod spent its false-kill budget: the log, and an Event when Events are on."""
+
+    def __init__(self, events: EventRecorder | None) -> None:
+        self.events = events
+
+    def adaptive_suspended(self, kills: int, window: float) -> None:
+        note = (
+            f"{kills} blocks were killed at adaptive deadlines within {window:g} s, the false-kill budget:"
+            " every block keeps its requested deadline for the rest of this pod's life"
+        )
+        log.warning("adaptive deadlines suspended: %s", note, extra={"kills": kills, "window": window})
+        if self.events:
+            self.events.notice(BUDGET_SPENT_REASON, note)
+
+
 class Sidecar:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.loop = ServeLoop(FifoReader(options.fifo))
         self.dumper = StackDumper(options.stack_dumps, py_spy=find_py_spy()) if options.stack_dumps else None
-        uses_api = options.events or options.pod_condition
+        uses_api = options.events or options.pod_condition or options.deadline_profile
         self.writer = ApiWriter(PodRef.from_environment()) if uses_api else None
         self.events = EventRecorder(self.writer) if self.writer and options.events else None
         self.condition = PodCondition(self.writer) if self.writer and options.pod_condition else None
@@ -106,18 +137,21 @@ class Sidecar:
             kill_signal=options.kill_signal,
             escalate_after=options.escalate_after,
             scope_metrics=options.scope_metrics,
-            listeners=[KillLog(), *optional],
+            listeners=[KillLog(), BudgetNotice(self.events), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
             mode=options.mode,
             pod_condition=options.pod_condition,
             dispatch=self.kills.dispatch,
-            deadlines=Deadlines(options.policy()),
+            deadlines=Deadlines(options.policy(), budget=FalseKillBudget(options.false_kill_budget)),
         )
         self.loop.watch_fd(self.kills.fd, lambda: self.kills.collect(self.server.killed), once=False)
         if options.state_file is not None:
             self._take_over(options.state_file)
+        self.profile = self._profile() if self.writer and options.deadline_profile else None
         self.registry = make_registry(self.server)
+        if self.profile:
+            self.registry.register(profile_counter(self.profile.results))
         if self.dumper:
             self.registry.register(stack_dump_counter(self.dumper.results))
         if self.events:
@@ -161,6 +195,24 @@ class Sidecar:
         self.server.book = book
         self.server.restore(saved)
         book.snapshot()
+
+    def _profile(self) -> ProfileSync:
+        """Start from the workload's profile (a fresh pod), and write to it now and then."""
+        assert self.writer is not None and self.options.deadline_profile is not None
+        state = self.options.state_file
+        sync = ProfileSync(
+            self.writer,
+            name=self.options.deadline_profile,
+            owner=self.options.profile_owner,
+            stats=self.server.deadlines.stats,
+            policy=self.server.deadlines.policy,
+            baseline_file=state.with_name(f"{state.name}.profile") if state else None,
+        )
+        sync.start()
+        if sync.seeded and isinstance(self.server.book, JournaledBook):
+            self.server.book.snapshot()  # the seed is this pod's own state from now on
+        self.loop.periodic.append((PROFILE_INTERVAL, sync.due))
+        return sync
 
     def _watch_name(self) -> NameWatch | None:
         """inotify on the FIFO's name, so a replacement is undone at once (else: every 5 s)."""
@@ -266,6 +318,8 @@ class Sidecar:
             self.name_watch.close()
         with self.server.lock:  # the kills under way finish (each is bounded) and are counted
             self.kills.close(self.server.killed)
+            if self.profile:  # on shutdown, what was learned since the last write
+                self.profile.due()
         if self.writer:
             self.writer.close()
         if self.http:

@@ -126,6 +126,17 @@ class ServerCollector(Collector):
             " killed them)",
             value=blocks.over_adaptive,
         )
+        yield CounterMetricFamily(
+            "expiry_adaptive_expirations",
+            "Blocks that expired at their adaptive deadline (killed, or observed): each one held its scope"
+            " at requested deadlines and was charged to the false-kill budget",
+            value=server.deadlines.adaptive_expirations,
+        )
+        yield GaugeMetricFamily(
+            "expiry_adaptive_suspended",
+            "1 once the pod spent its false-kill budget: requested deadlines for every block from then on",
+            value=int(server.deadlines.suspended),
+        )
         yield _block_durations(blocks, server.scope_metrics)
 
 
@@ -209,6 +220,15 @@ def condition_counter(counts: Counter[str]) -> ResultCounter:
         "expiry_pod_conditions",
         "Pod conditions (expiry.io/WorkerHung) set before a kill, by result",
         ("patched", "failed", "timeout"),
+        counts,
+    )
+
+
+def profile_counter(counts: Counter[str]) -> ResultCounter:
+    return ResultCounter(
+        "expiry_profile_writes",
+        "Writes of the workload's DeadlineProfile, by result",
+        ("written", "failed"),
         counts,
     )
 

@@ -14,7 +14,8 @@ The rules, in the order a request meets them:
    :mod:`.mode`): with a signal <= 0, nothing; otherwise the worker is ordered killed (``kill_signal``
    overrides the client's choice; in observe mode only as if), and all of its timers are cleared:
    a worker is killed once, however many of its timers expired, and never again while its kill is
-   under way.
+   under way. An expiry at an adaptive deadline teaches its scope and charges the pod's false-kill
+   budget (see :mod:`.deadlines`).
 5. A kill order is carried out off the loop (``dispatch``): the slow work before the signal (stack
    dump, pod condition) runs, each piece within its own bound, then the signal goes out (unless
    observing or the worker is protected), and the report comes back to the loop (``killed``) for
@@ -137,6 +138,10 @@ class Listener:
     def block_completed(self, pid: int, armed_at: float) -> None:
         """On the loop, for each release of an armed block (monotonic ``armed_at``): must not block.
         Only listeners that override it are called (a release is the hottest path)."""
+
+    def adaptive_suspended(self, kills: int, window: float) -> None:
+        """On the loop, once: ``kills`` adaptive kills within ``window`` s spent the pod's false-kill
+        budget, so every block keeps its requested deadline from now on (must not block)."""
 
 
 Dispatch = Callable[[Callable[[], KillReport]], None]
@@ -358,6 +363,9 @@ class TimerServer:
             if action is not None and worker not in self.killing and timer.pid not in ordered:
                 ordered.add(timer.pid)
                 self._order(worker, timer, action)
+            if self.deadlines.expired(timer.scope_id, timer.armed_at, timer.deadline, timer.requested, now):
+                for listener in self.listeners:
+                    listener.adaptive_suspended(self.deadlines.budget.kills, self.deadlines.budget.window)
         for pid, follow_up in list(self._follow_ups.items()):
             if follow_up.deadline <= now:
                 del self._follow_ups[pid]
