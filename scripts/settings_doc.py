@@ -92,6 +92,25 @@ ROWS = (
         "sidecar.adaptiveFloor",
         "sidecar.adaptiveFloor",
     ),
+    Row(
+        "--false-kill-budget",
+        "when not 3",
+        "expiry.io/false-kill-budget",
+        "5",
+        "sidecar.falseKillBudget",
+        "sidecar.falseKillBudget",
+    ),
+    Row(
+        "--deadline-profile",
+        "when profiles are on and the pod belongs to a workload: `<kind>-<name>` of that workload",
+        why_not="named by the operator from the pod's workload; on per pod with `expiry.io/deadline-profile`,"
+        " per cluster with `deadlineProfiles.enabled` (config `sidecar.deadlineProfile`)",
+    ),
+    Row(
+        "--profile-owner",
+        "with `--deadline-profile`, when the workload's uid is known",
+        why_not="the workload that owns the profile (its garbage collection), read from the pod",
+    ),
     Row("--events", "when true", "expiry.io/events", "no", "sidecar.events", "sidecar.events"),
     Row(
         "--pod-condition",

@@ -110,10 +110,7 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         adaptive_min_samples=read(ADAPTIVE_MIN_SAMPLES, _whole, defaults.adaptive_min_samples),
         adaptive_floor=read(ADAPTIVE_FLOOR, _positive, defaults.adaptive_floor),
         false_kill_budget=read(FALSE_KILL_BUDGET, _whole, defaults.false_kill_budget),
-        deadline_profile=read(
-            DEADLINE_PROFILE, _one_of(_BOOLEANS), "true" if defaults.deadline_profile else "false"
-        )
-        == "true",
+        deadline_profile=read(DEADLINE_PROFILE, _boolean, defaults.deadline_profile),
     )
 
 

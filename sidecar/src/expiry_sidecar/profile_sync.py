@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from expiry_sidecar import profile
-from expiry_sidecar.apiwriter import ApiError, ApiWriter, Client
+from expiry_sidecar.apiwriter import ApiWriter, Client
 from expiry_sidecar.blocks import BlockStats, ScopeStats
 from expiry_sidecar.deadlines import Policy
+from expiry_sidecar.kubeclient import ApiError
 
 log = logging.getLogger("expiry.sidecar")
 
