@@ -4,6 +4,7 @@ cluster cannot start: ``up`` raises with the failing component's log."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.xdist_group("cluster"))
+    # The quickstart uninstalls the session's release to install the chart as the page says: last.
+    items.sort(key=lambda item: Path(item.path).name == "test_quickstart.py")
 
 
 @dataclass
@@ -87,6 +90,17 @@ def cluster() -> Iterator[Cluster]:
     yield Cluster(kubeconfig, kube)
     if started_here:
         local_cluster.down()
+
+
+@pytest.fixture
+def kubeconfig(cluster: Cluster) -> Path:
+    """The cluster as a first-time user finds it: without the session's release and namespace."""
+    local_cluster.helm(cluster.kubeconfig, "uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait")
+    with contextlib.suppress(ApiError):
+        cluster.kube.delete(f"/api/v1/namespaces/{JOBS_NAMESPACE}")
+    gone = f"/api/v1/namespaces/{JOBS_NAMESPACE}"
+    wait_for(lambda: not cluster.kube.exists(gone), 120, "namespace ml gone")
+    return cluster.kubeconfig
 
 
 def restricted_pod(

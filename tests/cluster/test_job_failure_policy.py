@@ -16,10 +16,11 @@ import yaml
 
 from expiry import names
 from tests.cluster.conftest import JOBS_NAMESPACE, Cluster
-from tests.images.conftest import VERSION
 from tests.support.kube import Obj, wait_for
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples/failure-policies"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples/failure-policies"
+VERSION = str(yaml.safe_load((REPO / "charts/expiry/Chart.yaml").read_text())["appVersion"])
 TRAINER_IMAGE = f"localhost/expiry-test-trainer:{VERSION}"
 SLEEPER = ["python", "-c", "import time; print('training', flush=True); time.sleep(3600)"]
 

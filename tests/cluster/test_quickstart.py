@@ -1,6 +1,6 @@
-"""docs/quickstart.md as written: its ```sh blocks, run in order by bash against the cluster that
-$KUBECONFIG names (the real API server the cluster suite starts). Without one the test fails, never
-skips: the walkthrough is only known to work where it was run.
+"""docs/quickstart.md as written: its ```sh blocks, run in order by bash against the real API server
+the cluster suite starts (tests/cluster/conftest.py: the ``kubeconfig`` fixture hands it over without
+the session's release, since the walkthrough installs the chart itself; it runs last).
 
 The cleanup block (the last) also runs when an earlier one fails, so a failed run leaves nothing behind.
 """
@@ -10,10 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "quickstart.md"
@@ -23,15 +20,6 @@ BLOCK_TIMEOUT = 600
 
 def blocks() -> list[str]:
     return BLOCK.findall(PAGE.read_text())
-
-
-@pytest.fixture
-def kubeconfig() -> Iterator[Path]:
-    """The real cluster's kubeconfig; the cluster suite's conftest may provide its own fixture instead."""
-    path = os.environ.get("KUBECONFIG")
-    if not path or not Path(path).is_file():
-        pytest.fail("docs/quickstart.md runs against a real cluster: set KUBECONFIG (see tests/cluster)")
-    yield Path(path)
 
 
 def run(block: str, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
