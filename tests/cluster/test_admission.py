@@ -10,7 +10,7 @@ import pytest
 
 from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
-from tests.support.kube import ApiError, wait_for
+from tests.support.kube import ApiError
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
@@ -57,15 +57,15 @@ def test_an_annotated_pod_in_a_restricted_namespace_comes_back_injected(cluster:
 
 
 def test_pod_security_still_rejects_what_it_rejected_before(cluster: Cluster) -> None:
-    """The webhook makes no pod pass that would fail: a privileged trainer stays refused, by PodSecurity."""
+    """The webhook makes no pod pass that would fail: a trainer on the host network stays refused."""
     namespace = cluster.namespace("restricted", RESTRICTED)
     pod = restricted_pod("privileged", {names.ENABLED_ANNOTATION: "true"})
-    pod["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    pod["spec"]["hostNetwork"] = True
     with pytest.raises(ApiError) as refused:
         create(cluster, namespace, pod)
     assert refused.value.status == 403
     assert 'violates PodSecurity "restricted:latest"' in refused.value.message
-    assert "privileged" in refused.value.message
+    assert "hostNetwork" in refused.value.message
 
 
 def test_a_pod_without_the_annotation_never_reaches_the_webhook(cluster: Cluster) -> None:
@@ -76,14 +76,13 @@ def test_a_pod_without_the_annotation_never_reaches_the_webhook(cluster: Cluster
     ):
         pod = create(cluster, namespace, restricted_pod(f"plain-{index}", given))
         assert sidecar_of(pod) is None
+    # Admission is synchronous: had the webhook answered for them, the count would already show it.
+    assert cluster.operator_metric("expiry_admissions_total") == before
     annotated = create(cluster, namespace, restricted_pod("annotated", {names.ENABLED_ANNOTATION: "yes"}))
     assert sidecar_of(annotated) is not None
-    # Only the annotated pod was sent: the CEL matchConditions filtered the rest in the API server.
-    assert wait_for(
-        lambda: cluster.operator_metric("expiry_admissions_total") - before == 1 or None,
-        10,
-        "one admission counted",
-    )
+    # The annotated one was sent (twice: reinvocationPolicy IfNeeded calls again after the API server's
+    # own mutations; the second call returns it unchanged).
+    assert cluster.operator_metric("expiry_admissions_total") > before
 
 
 def test_the_operators_own_namespace_is_never_sent(cluster: Cluster) -> None:

@@ -472,3 +472,18 @@ def test_a_container_listed_twice_is_injected_once() -> None:
     trainer = inject(pod)["spec"]["containers"][0]
     assert [e["name"] for e in trainer["env"]] == ["A", names.TIMER_FILE_ENV]
     assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/x", names.RUN_DIR]
+
+
+def test_the_sidecar_shares_the_service_account_token_the_api_server_mounted_in_the_trainers() -> None:
+    """The ServiceAccount admission plugin runs before the webhook and never after it: without this mount
+    the sidecar has no token, and its Events and pod condition are off (seen on a real API server)."""
+    pod = copy.deepcopy(INJECTED_CASES["jobset"])
+    token = {"name": "kube-api-access-x7k2p", "mountPath": names.SERVICE_ACCOUNT_DIR, "readOnly": True}
+    for container in pod["spec"]["containers"]:
+        container.setdefault("volumeMounts", []).append(token)
+    [(_, sidecar)] = sidecars(inject(pod))
+    assert token in sidecar["volumeMounts"]
+
+    without = copy.deepcopy(INJECTED_CASES["jobset"])  # not admitted yet, or automount off: nothing to share
+    [(_, sidecar)] = sidecars(inject(without))
+    assert all(m["mountPath"] != names.SERVICE_ACCOUNT_DIR for m in sidecar["volumeMounts"])

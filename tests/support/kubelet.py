@@ -6,7 +6,8 @@ What a kubelet does that expiry's claims depend on, done against the real API se
 - each pod bound here: its own network namespace and address (tests/support/nodenet.py), its
   volumes made real (Secret, ConfigMap, the projected service account token from a TokenRequest bound
   to the pod, downward API, emptyDir), env from fieldRef/secretKeyRef/configMapKeyRef, the in-cluster
-  API address, then PodRunner (shared PID namespace, native sidecars, security contexts);
+  API address (``KUBERNETES_SERVICE_HOST`` and the name ``kubernetes.default.svc`` in /etc/hosts, for
+  want of a cluster DNS), then PodRunner (shared PID namespace, native sidecars, security contexts);
 - pod status from what really happens: Running with the pod IP, readiness from the readinessProbe
   (HTTP GET), each container's exit code (a signal N is 128 + N, as runc reports it); Succeeded or
   Failed once the regular containers ended (restartPolicy Never/OnFailure; native sidecars are then
@@ -45,6 +46,15 @@ from tests.support.podrunner import PodRunner
 
 NODE = "expiry-node"
 API_PROXY_PORT = 443
+# What a cluster's DNS answers for the API server's Service (there is no DNS server here: /etc/hosts).
+CLUSTER_DNS = {
+    nodenet.GATEWAY: [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+}
 log = logging.getLogger("kubelet")
 
 
@@ -247,7 +257,9 @@ class Kubelet:
             running.workdir.mkdir(parents=True, exist_ok=True)
             spec = self.resolve(pod, running)
             self.report(running, force=True)
-            runner = PodRunner(spec, running.workdir, netns=running.netns, pod_ip=running.address)
+            runner = PodRunner(
+                spec, running.workdir, netns=running.netns, pod_ip=running.address, hosts=CLUSTER_DNS
+            )
             running.runner = runner
             runner.start()
         except Exception as error:  # a pod that cannot start is reported, as a kubelet does

@@ -119,12 +119,15 @@ class PodRunner:
         startup_timeout: float = 60,
         netns: str | None = None,
         pod_ip: str = "127.0.0.1",
+        hosts: dict[str, list[str]] | None = None,
     ) -> None:
         """``netns``: a network namespace (``ip netns``) of the pod's own, whose address is ``pod_ip``;
         by default the pod shares this host's network."""
         self.pod = pod
         self.netns = netns
         self.pod_ip = pod_ip
+        self.hosts = hosts or {}
+        """More /etc/hosts lines (address -> names), as a cluster's DNS would answer them."""
         self.spec: dict[str, Any] = pod["spec"]
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -171,7 +174,10 @@ class PodRunner:
 
     def _start_pod(self) -> None:
         hosts = self.workdir / "hosts"
-        hosts.write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.0.1\t{self.pod['metadata']['name']}\n")
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost", f"{self.pod_ip}\t{self.pod['metadata']['name']}"]
+        aliases = {**self.hosts, **{a["ip"]: a["hostnames"] for a in self.spec.get("hostAliases", [])}}
+        lines += [f"{address}\t{' '.join(names)}" for address, names in aliases.items()]
+        hosts.write_text("\n".join(lines) + "\n")
         volumes: dict[str, dict[str, Any]] = {}
         for volume in self.spec.get("volumes", []):
             if "emptyDir" in volume:

@@ -28,6 +28,9 @@ ENV_PREFIX: Final = "EXPIRY_"
 """Every variable above starts with it: the operator refuses extra sidecar env under it (sidecar.env)."""
 
 SIDECAR_CONTAINER: Final = "expiry-sidecar"
+# Where the kubelet mounts a pod's service account token, CA and namespace (the sidecar reads it; the
+# operator gives the injected sidecar the trainers' mount of it).
+SERVICE_ACCOUNT_DIR: Final = "/var/run/secrets/kubernetes.io/serviceaccount"
 VOLUME_NAME: Final = "expiry-run"
 METRICS_PORT: Final = 9464
 METRICS_PORT_NAME: Final = "expiry-metrics"

@@ -144,6 +144,9 @@ def _injection(
         profile=profile_for(pod) if options.deadline_profile else None,
     )
     sidecar = sidecar_container(settings, plan)
+    token = _service_account_mount(spec)
+    if token is not None:
+        sidecar["volumeMounts"].append(token)
     ops: JsonPatch = []
     env_added, mounts_added = {}, {}
     for index, trainer in trainers:
@@ -341,6 +344,22 @@ def _missing_env(container: Mapping[str, Any], wanted: list[tuple[str, str]]) ->
             continue
         missing.append((name, value))
     return missing
+
+
+def _service_account_mount(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The trainers' mount of the service account token, for the sidecar (its Events, the condition).
+
+    The API server's ServiceAccount admission mounts the token into every container before mutating
+    webhooks run, and does not run again after them: a container a webhook adds has no token unless
+    the webhook mounts it (found on a real API server: the sidecar's writes were off, "no service
+    account token"). None when the pod has no such mount (automountServiceAccountToken: false, or a
+    manifest the API server has not admitted yet, where it will mount the token in every container).
+    """
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for mount in container.get("volumeMounts") or []:
+            if mount.get("mountPath", "").rstrip("/") == names.SERVICE_ACCOUNT_DIR:
+                return {"name": mount["name"], "mountPath": names.SERVICE_ACCOUNT_DIR, "readOnly": True}
+    return None
 
 
 def _check_no_torch_timer_server(container: Mapping[str, Any]) -> None:

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from expiry import names
 from expiry_sidecar import kubeyaml
 
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_ACCOUNT = Path(names.SERVICE_ACCOUNT_DIR)
 
 
 class CredentialsError(Exception):
