@@ -33,7 +33,7 @@ def saved_dumps(directory: Path, pid: int) -> list[Path]:
     return sorted(directory.glob(f"{pid}-*.stack"))
 
 
-def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_kill(
+def test_a_worker_with_expiry_s_client_answers_on_its_debug_channel_before_the_kill(
     pod: Pod, sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dumps = pod.workdir / "dumps"
@@ -46,7 +46,8 @@ def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_ki
     assert metrics("expiry_stack_dumps_total", result="failed") == 0
 
     dump = the_dump(server)
-    assert (dump["pid"], dump["mechanism"]) == (worker.pid, "faulthandler")
+    assert (dump["pid"], dump["mechanism"]) == (worker.pid, "debug-channel")
+    assert dump["collective"] is None, "no torch in this worker: no flight recorder"
     assert "threading.py" in dump["stack"] and "worker.py" in dump["stack"], dump["stack"]
     assert "in hang" in dump["stack"], "the stack names the function the worker is stuck in"
     (saved,) = saved_dumps(dumps, worker.pid)
@@ -54,6 +55,24 @@ def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_ki
     assert saved.read_text() == dump["stack"]
     order = messages(server)
     assert order.index("stack of the stuck worker") < order.index("killed a stuck worker")
+
+
+def test_a_worker_holding_the_gil_cannot_answer_and_dumps_through_faulthandler_instead(
+    pod: Pod, sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dumps = pod.workdir / "dumps"
+    monkeypatch.setenv(DUMP_DIR_ENV, str(dumps))
+    server = sidecar("--stack-dumps", str(dumps))
+    worker = Worker(pod, server.fifo, "gil", "--after", "0.3")
+    worker.expect("armed")
+    assert worker.wait() == -signal.SIGKILL
+    server.wait_metric("expiry_stack_dumps_total", 1, result="ok")
+    dump = the_dump(server)
+    assert dump["mechanism"] == "faulthandler"
+    assert "in main" in dump["stack"] and "re/__init__.py" in dump["stack"], dump["stack"]
+    assert any(
+        m.startswith(f"pid {worker.pid} did not answer on its debug channel") for m in messages(server)
+    )
 
 
 def test_a_worker_that_never_writes_its_dump_is_still_killed(

@@ -36,6 +36,7 @@ SIDECAR_MEMORY = f"{P}sidecar-memory"
 STACK_DUMPS = f"{P}stack-dumps"
 NATIVE_SIDECAR = f"{P}native-sidecar"
 EVENTS = f"{P}events"
+FLIGHT_RECORDER = f"{P}flight-recorder"
 POD_CONDITION = f"{P}pod-condition"
 MODE = f"{P}mode"
 DEADLINES = f"{P}deadlines"
@@ -67,6 +68,7 @@ class PodOptions:
     native_sidecar: NativeSidecarMode
     events: bool
     pod_condition: bool
+    flight_recorder: bool
     mode: Mode
     deadlines: DeadlinePolicy
     adaptive_factor: float
@@ -96,6 +98,10 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         native_sidecar=read(NATIVE_SIDECAR, _one_of(NATIVE_SIDECAR_MODES), defaults.native_sidecar),
         events=read(EVENTS, _one_of(_BOOLEANS), "true" if defaults.events else "false") == "true",
         pod_condition=read(POD_CONDITION, _one_of(_BOOLEANS), "true" if defaults.pod_condition else "false")
+        == "true",
+        flight_recorder=read(
+            FLIGHT_RECORDER, _one_of(_BOOLEANS), "true" if defaults.flight_recorder else "false"
+        )
         == "true",
         mode=read(MODE, _one_of(MODES), defaults.mode),
         deadlines=read(DEADLINES, _one_of(DEADLINE_POLICIES), defaults.deadlines),
@@ -178,6 +184,7 @@ _KNOWN = OWN_ANNOTATIONS | {
     STACK_DUMPS,
     NATIVE_SIDECAR,
     EVENTS,
+    FLIGHT_RECORDER,
     POD_CONDITION,
     MODE,
     DEADLINES,

@@ -47,6 +47,8 @@ class SidecarSettings:
     escalate_after: float = 10
     stack_dumps: StackDumpMode = "off"
     events: bool = True
+    flight_recorder: bool = True
+    """Set TORCH_FR_BUFFER_SIZE in trainers with stack dumps on (unless they set it)."""
     pod_condition: bool = False
     """Pass --pod-condition: the pods' service accounts must be allowed to patch pods/status."""
     mode: Mode = "enforce"
@@ -150,6 +152,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             escalate_after=sidecar.seconds("escalateAfter", defaults.sidecar.escalate_after),
             stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
             events=sidecar.flag("events", defaults.sidecar.events),
+            flight_recorder=sidecar.flag("flightRecorder", defaults.sidecar.flight_recorder),
             pod_condition=sidecar.flag("podCondition", defaults.sidecar.pod_condition),
             mode=sidecar.choice("mode", defaults.sidecar.mode, MODES),
             deadlines=sidecar.choice("deadlines", defaults.sidecar.deadlines, DEADLINE_POLICIES),

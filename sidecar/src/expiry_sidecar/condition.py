@@ -98,6 +98,9 @@ class PodCondition(Listener):
         with self._lock:
             self._pending[order.worker] = patched
 
+    def slow(self, order: KillOrder) -> bool:
+        return order.condition
+
     def before_kill(self, order: KillOrder) -> None:
         with self._lock:
             patched = self._pending.pop(order.worker, None)
