@@ -11,7 +11,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import client_cost, detection, idle, kill_burst, kill_latency, memory, scaling, throughput, webhook
+from bench import (
+    client_cost,
+    detection,
+    flight_recorder,
+    idle,
+    kill_burst,
+    kill_dump,
+    kill_latency,
+    memory,
+    scaling,
+    throughput,
+    webhook,
+)
 from bench.context import Context, Row
 from bench.peers import torch_missing
 from bench.table import render
@@ -19,6 +31,8 @@ from bench.table import render
 FIGURES: dict[str, Callable[[Context], list[Row]]] = {
     "kill-latency": kill_latency.run,
     "kill-burst": kill_burst.run,
+    "kill-dump": kill_dump.run,
+    "flight-recorder": flight_recorder.run,
     "client-cost": client_cost.run,
     "throughput": throughput.run,
     "idle": idle.run,

@@ -26,7 +26,6 @@ import os
 import socket
 import sys
 import threading
-import traceback
 from pathlib import Path
 from types import FrameType
 
@@ -111,10 +110,13 @@ def stacks() -> str:
 
 
 def _frames(frame: FrameType | None) -> list[str]:
-    return [
-        f'  File "{entry.filename}", line {entry.lineno} in {entry.name}'
-        for entry in reversed(traceback.extract_stack(frame))
-    ]
+    """Innermost first; without reading source files (traceback would, through linecache)."""
+    lines = []
+    while frame is not None:
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno} in {code.co_name}')
+        frame = frame.f_back
+    return lines
 
 
 def flight_recorder() -> tuple[object, str | None]:
