@@ -83,3 +83,17 @@ def test_answering_never_imports_torch() -> None:
     code = "import sys; from expiry import debug; debug.answer(1, 2); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout == "False\n"
+
+
+def test_a_trainer_on_torch_s_client_starts_the_channel_with_one_call(tmp_path: Path) -> None:
+    """No expiry timer client at all: ``expiry.debug.start()`` reads the directory from the env."""
+    code = "import os, expiry.debug; print(expiry.debug.start()); print(expiry.debug.start() is not None)"
+    env = {**os.environ, DUMP_DIR_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    first, again = done.stdout.splitlines()
+    assert first.startswith(str(tmp_path)) and first.endswith(".sock") and again == "True"
+    without = {k: v for k, v in os.environ.items() if k != DUMP_DIR_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=without
+    )
+    assert done.stdout.splitlines() == ["None", "False"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from expiry import procstat
+from expiry.names import DUMP_DIR_ENV
 
 _started_for: int | None = None
 """The pid the thread was started for; a forked child starts its own."""
@@ -41,9 +42,16 @@ def socket_path(directory: str | os.PathLike[str], pid: int) -> Path:
     return Path(directory) / f"{pid}.sock"
 
 
-def start(directory: str) -> Path | None:
-    """Start answering on ``directory/<pid>.sock`` (once per process); the path, or None if it cannot."""
+def start(directory: str | None = None) -> Path | None:
+    """Start answering on ``directory/<pid>.sock`` (once per process); the path, or None if it cannot.
+
+    ``directory`` defaults to ``$EXPIRY_DUMP_DIR`` (nothing starts without it). expiry's timer client
+    calls this itself; a trainer using torch's own client calls it once per worker (docs/torchrun.md).
+    """
     global _started_for
+    directory = directory or os.environ.get(DUMP_DIR_ENV)
+    if not directory:
+        return None
     pid = os.getpid()
     with _lock:
         if _started_for == pid:
