@@ -104,3 +104,10 @@ def test_the_debug_channel_s_stacks_name_the_main_thread_innermost_last() -> Non
     frames = innermost_frames(text)
     assert any(frame.endswith(" in waiting_here") for frame in frames), frames
     assert frames[-1].endswith(" in wait"), "innermost last"
+
+
+def test_a_retired_entry_is_completed_whatever_its_state() -> None:
+    """gloo never moves ``state`` past scheduled; torch retires the entry when the work is done."""
+    dump = {"entries": [{**entry(0, 1, "scheduled"), "retired": True}]}
+    assert latest(dump) == {"group": "default_pg", "seq": 1, "op": "all_reduce", "state": "completed"}
+    assert latest({"entries": [{**entry(0, 1, "scheduled"), "retired": False}]})["state"] == "scheduled"  # type: ignore[index]

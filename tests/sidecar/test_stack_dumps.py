@@ -3,7 +3,10 @@ from the shared directory."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,9 @@ from typing import Any
 import pytest
 
 from expiry.names import DUMP_DIR_ENV
+from expiry.procstat import starttime
 from expiry_sidecar.processes import Worker as Attached
+from expiry_sidecar.processes import attach
 from expiry_sidecar.server import KillOrder
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
 from tests.support.pod import Pod
@@ -133,3 +138,45 @@ def test_without_a_dump_signal_or_py_spy_the_dump_fails_and_says_why(tmp_path: P
     assert dumper.results == {"failed": 1}
     assert order.frames == []
     assert list(tmp_path.iterdir()) == []
+
+
+BURST_WORKER = """
+import sys, threading
+from expiry import FileTimerClient
+FileTimerClient(sys.argv[1]).acquire("step", 4e9)
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_the_first_kill_of_a_burst_collects_every_worker_s_answer_before_its_signal(tmp_path: Path) -> None:
+    """A peer that dies after the first signal (its collective failed) is still described by the
+    answer it gave before it: the burst asked every worker before any signal went out."""
+    (tmp_path / "requests").touch()
+    env = {**os.environ, DUMP_DIR_ENV: str(tmp_path)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", BURST_WORKER, str(tmp_path / "requests")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        first, peer = (attach(w.pid, starttime(w.pid)) for w in workers)
+        dumper = StackDumper(tmp_path, py_spy=None)
+        dumper.peers = lambda: [first, peer]
+        dumper.before_kill(KillOrder(first, "s", signal.SIGKILL, 0.0, 0.0, 0.0))
+        workers[1].kill()  # the peer dies after the first kill, before its own
+        workers[1].wait()
+        late = KillOrder(peer, "s", signal.SIGKILL, 0.0, 0.0, 0.0)
+        dumper.before_kill(late)
+        assert late.frames and late.frames[-1].endswith(" in wait"), late.frames
+        assert dumper.results == {"ok": 2}
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
