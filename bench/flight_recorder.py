@@ -61,7 +61,7 @@ def one_run(entries: int, steps: int) -> dict[str, float]:
 
 
 def run(ctx: Context) -> list[Row]:
-    steps, rounds = ctx.size(2000, 50), ctx.size(5, 1)
+    steps, rounds = ctx.size(2000, 20), ctx.size(5, 1)
     runs: dict[int, list[dict[str, float]]] = {0: [], FLIGHT_RECORDER_ENTRIES: []}
     for _ in range(rounds):
         for entries, results in runs.items():
