@@ -57,14 +57,16 @@ def start(directory: str | None = None) -> Path | None:
         if _started_for == pid:
             return socket_path(directory, pid)
         path = socket_path(directory, pid)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # an earlier process's, with the same pid
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(str(path))
             os.chmod(path, 0o600)
             listener.listen(4)
         except OSError:
+            listener.close()
             return None
         starttime = procstat.starttime()
         thread = threading.Thread(
