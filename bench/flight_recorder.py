@@ -3,9 +3,7 @@
 Two ranks on this machine (a FileStore, gloo) all-reduce a small tensor (latency-bound: the
 recorder's per-collective bookkeeping weighs most there) and a 4 MiB one, ``STEPS`` times each after
 a warm-up; each run is timed by rank 0. Runs alternate between ``TORCH_FR_BUFFER_SIZE=0`` (off) and
-the value the operator injects, so the machine's drift hits both. A third figure has one rank alone
-(no peer, no network): what is left is the collective's own bookkeeping, the recorder's included.
-Needs torch (the interop group).
+the value the operator injects, so the machine's drift hits both. Needs torch (the interop group).
 """
 
 from __future__ import annotations
@@ -42,34 +40,6 @@ if rank == 0:
 """
 
 
-ALONE = """
-import sys, time
-import torch, torch.distributed as dist
-steps = int(sys.argv[1])
-dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-tensor = torch.ones(1)
-for _ in range(steps // 10):
-    dist.all_reduce(tensor)
-start = time.perf_counter()
-for _ in range(steps):
-    dist.all_reduce(tensor)
-print((time.perf_counter() - start) / steps)
-"""
-
-
-def alone(entries: int, steps: int) -> float:
-    env = {**os.environ, FLIGHT_RECORDER_ENV: str(entries)}
-    done = subprocess.run(
-        [sys.executable, "-c", ALONE, str(steps)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return float(done.stdout)
-
-
 def one_run(entries: int, steps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
         store = os.path.join(directory, "store")
@@ -95,9 +65,9 @@ def run(ctx: Context) -> list[Row]:
     runs: dict[int, list[dict[str, float]]] = {0: [], FLIGHT_RECORDER_ENTRIES: []}
     for _ in range(rounds):
         for entries, results in runs.items():
-            results.append({**one_run(entries, steps), "1 rank": alone(entries, steps * 2)})
+            results.append(one_run(entries, steps))
     rows = []
-    for size in ("small", "4MiB", "1 rank"):
+    for size in ("small", "4MiB"):
         off = median([r[size] for r in runs[0]])
         on = median([r[size] for r in runs[FLIGHT_RECORDER_ENTRIES]])
         rows.append(compare(f"gloo all_reduce {size}, recorder off", "µs", {"expiry": off}, us))
@@ -105,8 +75,7 @@ def run(ctx: Context) -> list[Row]:
             compare(f"gloo all_reduce {size}, recorder {FLIGHT_RECORDER_ENTRIES}", "µs", {"expiry": on}, us)
         )
     ctx.notes.append(
-        f"Flight recorder: 2 gloo ranks, {steps} all_reduces per size and run ('1 rank': one rank alone,"
-        f" 1 float, {steps * 2} all_reduces), {rounds} alternating runs per setting, median of the runs'"
-        " mean time per all_reduce (the 'expiry' column is torch's cost here)."
+        f"Flight recorder: 2 gloo ranks, {steps} all_reduces per size and run, {rounds} alternating runs per"
+        " setting, median of the runs' mean time per all_reduce (the 'expiry' column is torch's cost here)."
     )
     return rows

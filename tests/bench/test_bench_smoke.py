@@ -21,8 +21,6 @@ ROWS = [
     "gloo all_reduce small, recorder 2000",
     "gloo all_reduce 4MiB, recorder off",
     "gloo all_reduce 4MiB, recorder 2000",
-    "gloo all_reduce 1 rank, recorder off",
-    "gloo all_reduce 1 rank, recorder 2000",
     "client cost per block, default scope",
     "client cost per block, explicit scope",
     "throughput, 1 writer",
