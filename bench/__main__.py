@@ -14,8 +14,10 @@ from pathlib import Path
 from bench import (
     client_cost,
     detection,
+    flight_recorder,
     idle,
     kill_burst,
+    kill_dump,
     kill_latency,
     lean,
     memory,
@@ -30,6 +32,8 @@ from bench.table import render
 FIGURES: dict[str, Callable[[Context], list[Row]]] = {
     "kill-latency": kill_latency.run,
     "kill-burst": kill_burst.run,
+    "kill-dump": kill_dump.run,
+    "flight-recorder": flight_recorder.run,
     "client-cost": client_cost.run,
     "throughput": throughput.run,
     "idle": idle.run,

@@ -88,8 +88,8 @@ def run(ctx: Context) -> list[Row]:
             "ms",
             {n: median(v) for n, v in lateness.items()},
             ms,
-            goal="<= 5 ms",
-            met=lambda v: v <= 0.005,
+            goal="<= 1.5 ms",
+            met=lambda v: v <= 0.0015,
         ),
         compare(
             "kill latency, p99",

@@ -8,10 +8,13 @@ next step to run) in --checkpoint-dir, a directory of this run's own (a checkpoi
 earlier run would make this one resume past the step that hangs); a restarted worker group resumes
 from it. ``--hang-rank R`` makes rank R hang once, before the step's collective, in the first
 generation only, so the other ranks block in the all-reduce: the sidecar kills every worker of the
-group at its deadline, torchrun starts the next generation, and training completes.
-``--wait-on-peer-failure`` makes a rank whose collective fails because a peer died wait forever, as
-NCCL ranks usually do (gloo fails fast): then only its timer ends it. ``--client torch`` uses
-torch's own ``torch.distributed.elastic.timer`` (unchanged torch code) instead of expiry's client.
+group at its deadline, torchrun starts the next generation, and training completes. ``--hang-how``
+says where rank R hangs: ``before`` the collective (the others wait in it), in ``data`` loading at
+the start of the step (with ``--hang-step 0``: before any collective at all), or in a ``mismatch``ed
+collective (a broadcast where the others all-reduce). ``--wait-on-peer-failure`` makes a rank whose
+collective fails because a peer died wait forever, as NCCL ranks usually do (gloo fails fast): then
+only its timer ends it. ``--client torch`` uses torch's own ``torch.distributed.elastic.timer``
+(unchanged torch code) instead of expiry's client.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def save(path: Path, step: int) -> None:
     partial.replace(path)
 
 
+def load_batch(step: int) -> None:
+    """A data loader that never returns (a dead NFS server, a stuck shard): no collective involved."""
+    say("hanging in data loading in step", step)
+    threading.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
@@ -68,6 +77,7 @@ def main() -> None:
     parser.add_argument("--init-deadline", type=float, default=60.0, help="seconds the rendezvous may take")
     parser.add_argument("--hang-rank", type=int, default=-1)
     parser.add_argument("--hang-step", type=int, default=1)
+    parser.add_argument("--hang-how", choices=["before", "data", "mismatch"], default="before")
     parser.add_argument("--client", choices=["expiry", "torch"], default="expiry")
     parser.add_argument(
         "--checkpoint-dir", type=Path, required=True, help="this run's own directory, e.g. $(mktemp -d)"
@@ -92,11 +102,18 @@ def main() -> None:
     say("resuming at step", start)
     for step in range(start, args.steps):
         with expires(after=args.deadline):
-            if rank == args.hang_rank and step == args.hang_step and generation == 0:
+            hang = rank == args.hang_rank and step == args.hang_step and generation == 0
+            if hang and args.hang_how == "data":
+                load_batch(step)
+            if hang and args.hang_how == "before":
                 say("hanging before the collective of step", step)
                 threading.Event().wait()
             total = torch.ones(1)
             try:
+                if hang and args.hang_how == "mismatch":
+                    say("entering a mismatched collective in step", step)
+                    dist.broadcast(total, src=rank)
+                    threading.Event().wait()  # should it ever complete
                 dist.all_reduce(total)
             except RuntimeError:
                 if not args.wait_on_peer_failure:

@@ -14,6 +14,13 @@ ROWS = [
     "kill latency, p99",
     "kill latency with a stack dump, 1 worker",
     "kill latency with stack dumps, 8 workers at once (last)",
+    "kill latency with dump, median",
+    "kill latency with dump, p99",
+    "kill latency with dumps, last of 8 workers",
+    "gloo all_reduce small, recorder off",
+    "gloo all_reduce small, recorder 2000",
+    "gloo all_reduce 4MiB, recorder off",
+    "gloo all_reduce 4MiB, recorder 2000",
     "client cost per block, default scope",
     "client cost per block, explicit scope",
     "throughput, 1 writer",
@@ -50,7 +57,7 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=360,
+        timeout=480,
         check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -64,5 +71,5 @@ def test_quick_run_prints_every_row_for_both_servers() -> None:
     for line in table[2:]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[2], f"no expiry figure in {line!r}"
-        if not cells[0].startswith(("webhook", "operator", "kill latency with", "sidecar ")):
+        if not cells[0].startswith(("webhook", "operator", "kill latency with", "sidecar ", "gloo")):
             assert cells[3] and not cells[3].startswith("n/a"), f"no torch figure in {line!r}"

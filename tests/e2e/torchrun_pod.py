@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import requests
 
 from expiry.names import RUN_DIR, SIDECAR_CONTAINER
-from expiry_operator.settings import SidecarSettings
+from expiry_operator.settings import SidecarSettings, StackDumpMode
 from tests.support.injected import container, inject, resolve_env
 from tests.support.pod import Pod
 from tests.support.sidecar import SIDECAR, Metrics, as_user, free_port, wait_for
@@ -71,11 +71,11 @@ def manifest(name: str) -> dict[str, Any]:
 
 
 class TorchrunPod:
-    def __init__(self, workdir: Path, name: str) -> None:
+    def __init__(self, workdir: Path, name: str, *, stack_dumps: StackDumpMode = "off") -> None:
         self.name = name
         self.workdir = workdir
         self.port = free_port()
-        self.spec = inject(manifest(name), SidecarSettings(metrics_port=self.port))
+        self.spec = inject(manifest(name), SidecarSettings(metrics_port=self.port, stack_dumps=stack_dumps))
         sidecar, trainer = container(self.spec, SIDECAR_CONTAINER), container(self.spec, "pytorch")
         self.uid: int | None = sidecar.get("securityContext", {}).get("runAsUser")
         self.pod = Pod(workdir, volumes=[RUN_DIR, CHECKPOINTS])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from expiry_operator.kill_events import Kill, parse_kill_event
+from expiry_operator.kill_events import Collective, Kill, parse_kill_event
 from expiry_sidecar.apiwriter import PodRef
 from expiry_sidecar.events import burst_event
 from expiry_sidecar.kills import Outcome
@@ -19,7 +19,16 @@ from expiry_sidecar.server import KillReport
 FRAMES = ("train.py:88 in step", "distributed_c10d.py:2050 in all_reduce")
 
 
-def report(pid: int, scope: str, outcome: Outcome, frames: tuple[str, ...] = FRAMES) -> KillReport:
+WAITING = {"group": "default_pg", "seq": 1042, "op": "all_reduce", "state": "scheduled"}
+
+
+def report(
+    pid: int,
+    scope: str,
+    outcome: Outcome,
+    frames: tuple[str, ...] = FRAMES,
+    collective: dict[str, object] | None = None,
+) -> KillReport:
     return KillReport(
         Worker(pid, 1, None, "python train.py"),
         scope,
@@ -29,13 +38,14 @@ def report(pid: int, scope: str, outcome: Outcome, frames: tuple[str, ...] = FRA
         rule="adaptive: 5 x 3.2 s longest of 1,000 blocks; requested 1800 s",
         deadline=1_790_000_000.25 + pid,
         frames=frames,
+        collective=collective,
     )
 
 
 def test_the_operator_reads_every_worker_the_sidecar_writes() -> None:
     pod = PodRef("llama-workers-0-7", "ml", "uid-7")
     burst = [
-        (report(41, "train.py:88", Outcome.DELIVERED), (4, 0)),
+        (report(41, "train.py:88", Outcome.DELIVERED, collective=WAITING), (4, 0)),
         (report(42, "train.py:88", Outcome.DELIVERED, ("data.py:41 in next_batch",)), (5, 1)),
         (report(43, "train.py:90", Outcome.DELIVERED, ()), (None, None)),
     ]
@@ -52,7 +62,13 @@ def test_the_operator_reads_every_worker_the_sidecar_writes() -> None:
     )
     assert parsed.truncated == 0 and parsed.workers == 3
     assert parsed.kills == (
-        Kill(4, "train.py:88", 1_790_000_041.25, FRAMES),
+        Kill(
+            4,
+            "train.py:88",
+            1_790_000_041.25,
+            FRAMES,
+            Collective("default_pg", 1042, "all_reduce", "scheduled"),
+        ),
         Kill(5, "train.py:88", 1_790_000_042.25, ("data.py:41 in next_batch",)),
         Kill(None, "train.py:90", 1_790_000_043.25, ()),
     )

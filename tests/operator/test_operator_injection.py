@@ -379,7 +379,59 @@ def test_a_preset_timer_variable_does_not_keep_the_dump_dir_out() -> None:
     assert env == [
         {"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH},
         {"name": names.DUMP_DIR_ENV, "value": names.DUMP_DIR},
+        {"name": names.FLIGHT_RECORDER_ENV, "value": str(names.FLIGHT_RECORDER_ENTRIES)},
     ]
+
+
+def _dumping(
+    annotations: dict[str, str] | None = None, env: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    pod = copy.deepcopy(INJECTED_CASES["jobset"])
+    pod["metadata"]["annotations"].update({"expiry.io/stack-dumps": "client", **(annotations or {})})
+    if env is not None:
+        pod["spec"]["containers"][0]["env"] = env
+    return pod
+
+
+def _flight_recorder(pod: dict[str, Any]) -> list[str]:
+    return [e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == names.FLIGHT_RECORDER_ENV]
+
+
+def test_stack_dumps_turn_torch_s_flight_recorder_on_unless_turned_off() -> None:
+    assert _flight_recorder(inject(_dumping())) == ["2000"]
+    assert _flight_recorder(inject(_dumping({"expiry.io/flight-recorder": "false"}))) == []
+    assert (
+        _flight_recorder(
+            inject(_dumping(), settings=SidecarSettings(stack_dumps="client", flight_recorder=False))
+        )
+        == []
+    )
+    on_here = inject(
+        _dumping({"expiry.io/flight-recorder": "true"}), settings=SidecarSettings(flight_recorder=False)
+    )
+    assert _flight_recorder(on_here) == ["2000"]
+    assert _flight_recorder(inject(INJECTED_CASES["jobset"])) == [], "no stack dumps: nobody would read it"
+
+
+@pytest.mark.parametrize("value", ["0", "20000"])
+def test_a_trainer_s_own_flight_recorder_size_is_kept_and_not_recorded_as_injected(value: str) -> None:
+    pod = inject(_dumping(env=[{"name": names.FLIGHT_RECORDER_ENV, "value": value}]))
+    assert _flight_recorder(pod) == [value]
+    record = json.loads(pod["metadata"]["annotations"]["expiry.io/injection"])
+    assert names.FLIGHT_RECORDER_ENV not in json.dumps(record)
+
+
+def test_the_injected_flight_recorder_is_stripped_on_readmission_like_the_rest() -> None:
+    once = inject(_dumping())
+    again = admit(once, SETTINGS, native_sidecars_supported=True)
+    assert isinstance(again, Injected) and not again.changed
+    assert _flight_recorder(again.pod) == ["2000"]
+
+
+def test_the_flight_recorder_annotation_refuses_other_values() -> None:
+    denied = admit(_dumping({"expiry.io/flight-recorder": "yes"}), SETTINGS, native_sidecars_supported=True)
+    assert not isinstance(denied, Injected)
+    assert "expiry.io/flight-recorder" in str(denied) and "true | false" in str(denied)
 
 
 def test_stack_dumps_off_in_a_parsed_config_gives_trainers_no_dump_dir() -> None:

@@ -21,6 +21,7 @@ from expiry_sidecar.server import (
     SCOPE_LABELS_MAX,
     UNKILLABLE_AFTER,
     Clock,
+    KillOrder,
     KillReport,
     Listener,
     TimerServer,
@@ -340,9 +341,31 @@ class Deferred:
             server.killed(job())
 
 
-def test_a_worker_is_not_ordered_killed_again_while_its_kill_is_under_way(world: World) -> None:
+class Slow(Listener):
+    """Work before the signal (a stack dump, the pod condition): the kill goes to the dispatch."""
+
+    def slow(self, order: KillOrder) -> bool:
+        return True
+
+
+def test_a_kill_nothing_slow_precedes_is_signalled_on_the_loop_at_once(world: World) -> None:
     kills = Deferred()
     server = world.server(dispatch=kills)
+    server.receive(line(10, "a", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    assert kills.jobs == [] and world.signals == [(10, 9)]
+    assert server.stats.kills == {"SIGKILL": 1} and not server.killing
+    slow = world.server(dispatch=kills, listeners=[Slow()])
+    slow.receive(line(11, "a", world.wall(1)))
+    world.now += 1
+    slow.expire_due()
+    assert len(kills.jobs) == 1 and world.signals == [(10, 9)], "a slow kill ran on the loop"
+
+
+def test_a_worker_is_not_ordered_killed_again_while_its_kill_is_under_way(world: World) -> None:
+    kills = Deferred()
+    server = world.server(dispatch=kills, listeners=[Slow()])
     server.receive(line(10, "a", world.wall(1)) + line(11, "b", world.wall(1)))
     world.now += 1
     server.expire_due()
@@ -361,7 +384,7 @@ def test_a_worker_is_not_ordered_killed_again_while_its_kill_is_under_way(world:
 def test_a_worker_that_exits_during_its_kill_keeps_its_handle_until_the_report(world: World) -> None:
     kills = Deferred()
     closed: list[int] = []
-    server = world.server(dispatch=kills)
+    server = world.server(dispatch=kills, listeners=[Slow()])
     server.receive(line(10, "a", world.wall(1)))
     worker = server.workers[10]
     worker.close = lambda: closed.append(worker.pid)  # type: ignore[method-assign]
@@ -395,7 +418,7 @@ def test_observe_mode_reports_without_a_signal_and_without_follow_ups(world: Wor
 
 def test_a_signal_that_lands_as_the_worker_exits_schedules_nothing_after(world: World) -> None:
     kills = Deferred()
-    server = world.server(dispatch=kills)
+    server = world.server(dispatch=kills, listeners=[Slow()])
     server.receive(line(10, "a", world.wall(1)))
     world.now += 1
     server.expire_due()

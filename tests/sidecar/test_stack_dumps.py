@@ -3,7 +3,10 @@ from the shared directory."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,9 @@ from typing import Any
 import pytest
 
 from expiry.names import DUMP_DIR_ENV
+from expiry.procstat import starttime
 from expiry_sidecar.processes import Worker as Attached
+from expiry_sidecar.processes import attach
 from expiry_sidecar.server import KillOrder
 from expiry_sidecar.stackdumps import StackDumper, find_py_spy
 from tests.support.pod import Pod
@@ -33,7 +38,7 @@ def saved_dumps(directory: Path, pid: int) -> list[Path]:
     return sorted(directory.glob(f"{pid}-*.stack"))
 
 
-def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_kill(
+def test_a_worker_with_expiry_s_client_answers_on_its_debug_channel_before_the_kill(
     pod: Pod, sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dumps = pod.workdir / "dumps"
@@ -46,7 +51,8 @@ def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_ki
     assert metrics("expiry_stack_dumps_total", result="failed") == 0
 
     dump = the_dump(server)
-    assert (dump["pid"], dump["mechanism"]) == (worker.pid, "faulthandler")
+    assert (dump["pid"], dump["mechanism"]) == (worker.pid, "debug-channel")
+    assert dump["collective"] is None, "no torch in this worker: no flight recorder"
     assert "threading.py" in dump["stack"] and "worker.py" in dump["stack"], dump["stack"]
     assert "in hang" in dump["stack"], "the stack names the function the worker is stuck in"
     (saved,) = saved_dumps(dumps, worker.pid)
@@ -54,6 +60,24 @@ def test_a_worker_that_announced_a_dump_signal_dumps_its_own_stack_before_the_ki
     assert saved.read_text() == dump["stack"]
     order = messages(server)
     assert order.index("stack of the stuck worker") < order.index("killed a stuck worker")
+
+
+def test_a_worker_holding_the_gil_cannot_answer_and_dumps_through_faulthandler_instead(
+    pod: Pod, sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dumps = pod.workdir / "dumps"
+    monkeypatch.setenv(DUMP_DIR_ENV, str(dumps))
+    server = sidecar("--stack-dumps", str(dumps))
+    worker = Worker(pod, server.fifo, "gil", "--after", "0.3")
+    worker.expect("armed")
+    assert worker.wait() == -signal.SIGKILL
+    server.wait_metric("expiry_stack_dumps_total", 1, result="ok")
+    dump = the_dump(server)
+    assert dump["mechanism"] == "faulthandler"
+    assert "in main" in dump["stack"] and "re/__init__.py" in dump["stack"], dump["stack"]
+    assert any(
+        m.startswith(f"pid {worker.pid} did not answer on its debug channel") for m in messages(server)
+    )
 
 
 def test_a_worker_that_never_writes_its_dump_is_still_killed(
@@ -114,3 +138,45 @@ def test_without_a_dump_signal_or_py_spy_the_dump_fails_and_says_why(tmp_path: P
     assert dumper.results == {"failed": 1}
     assert order.frames == []
     assert list(tmp_path.iterdir()) == []
+
+
+BURST_WORKER = """
+import sys, threading
+from expiry import FileTimerClient
+FileTimerClient(sys.argv[1]).acquire("step", 4e9)
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_the_first_kill_of_a_burst_collects_every_worker_s_answer_before_its_signal(tmp_path: Path) -> None:
+    """A peer that dies after the first signal (its collective failed) is still described by the
+    answer it gave before it: the burst asked every worker before any signal went out."""
+    (tmp_path / "requests").touch()
+    env = {**os.environ, DUMP_DIR_ENV: str(tmp_path)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", BURST_WORKER, str(tmp_path / "requests")],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+        first, peer = (attach(w.pid, starttime(w.pid)) for w in workers)
+        dumper = StackDumper(tmp_path, py_spy=None)
+        dumper.peers = lambda: [first, peer]
+        dumper.before_kill(KillOrder(first, "s", signal.SIGKILL, 0.0, 0.0, 0.0))
+        workers[1].kill()  # the peer dies after the first kill, before its own
+        workers[1].wait()
+        late = KillOrder(peer, "s", signal.SIGKILL, 0.0, 0.0, 0.0)
+        dumper.before_kill(late)
+        assert late.frames and late.frames[-1].endswith(" in wait"), late.frames
+        assert dumper.results == {"ok": 2}
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()

@@ -15,6 +15,8 @@ can follow it. Actions:
             outlives its 5 ms deadline; print "done ACQUIRES RELEASES WATCHES"
   hold      arm --count timers of --after seconds, print "armed", wait for a line on stdin, release
             them all, print "released", wait for another line
+  gil       arm a block of --after seconds, print "armed", then hang in C code holding the GIL (a
+            regular expression that backtracks for hours): only a signal handler can answer then
   two       arm a --after block and a 3600 s block (one pid, two scopes), print "armed", hang
   torch     torch's own expires/FileTimerClient: arm a block of --after seconds and hang
   torch-blocks  torch's own expires/FileTimerClient: run --count blocks of --after seconds; print "done N"
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -92,6 +95,10 @@ def main() -> None:
             descend(depth - 1)
 
         descend(args.depth)
+    elif args.action == "gil":
+        with expires(after=args.after):
+            say("armed")
+            re.match(r"(a+)+b", "a" * 64)
     elif args.action == "exit":
         expires(after=args.after).__enter__()
         say("armed")

@@ -6,6 +6,10 @@ every thread's stack to ``$EXPIRY_DUMP_DIR/<pid>.stack``, and its acquire reques
 signal (``dump_signal``). Before killing the worker, the sidecar sends that signal and collects the
 file. faulthandler dumps from a C signal handler, without the GIL, so it works even while the worker
 is stuck in C code (a collective, a deadlock), and the sidecar needs no ptrace capability.
+
+The same registration starts the debug channel (:mod:`expiry.debug`): a thread that answers the
+sidecar with the stacks and torch's flight recorder on ``$EXPIRY_DUMP_DIR/<pid>.sock``. The sidecar
+asks there first; the signal is the fallback for a worker that cannot answer (one holding the GIL).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 from pathlib import Path
 from typing import IO
 
+from expiry import debug
 from expiry.names import DUMP_DIR_ENV
 
 log = logging.getLogger("expiry")
@@ -50,4 +55,5 @@ def enable() -> int | None:
     if _registered is not None:
         _registered[1].close()  # the parent's file, inherited across fork
     _registered = (pid, file)
+    debug.start(directory)
     return DUMP_SIGNAL

@@ -20,6 +20,12 @@ DUMP_DIR: Final = f"{RUN_DIR}/dumps"
 DUMP_DIR_ENV: Final = "EXPIRY_DUMP_DIR"
 """Set in trainers when stack dumps are on: the client then registers a faulthandler dump there."""
 
+FLIGHT_RECORDER_ENV: Final = "TORCH_FR_BUFFER_SIZE"
+"""torch's own variable: entries of its flight recorder (0: off). The operator sets it in trainers
+with stack dumps on, unless they set it, so the pre-kill dump names each worker's collective."""
+FLIGHT_RECORDER_ENTRIES: Final = 2000
+"""The value the operator sets, torch 2.13's own default (docs/performance.md: ~7 us a collective)."""
+
 POD_NAME_ENV: Final = "EXPIRY_POD_NAME"
 POD_NAMESPACE_ENV: Final = "EXPIRY_POD_NAMESPACE"
 POD_UID_ENV: Final = "EXPIRY_POD_UID"

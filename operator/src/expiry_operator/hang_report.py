@@ -4,6 +4,9 @@ In a collective hang (an all-reduce that one rank never joins) the many wait in 
 the few are stuck somewhere else: the majority is the (scope, frames) where most workers stopped, and
 the odd ones out are the workers that stopped elsewhere. A worker without a stack (no dump) is
 compared by its scope only. With no single largest place there is no majority, and nobody is named.
+When the workers had torch's flight recorder, the report says instead which ranks broke the
+collective (:mod:`.stragglers`: behind, mismatched, outside any collective); the frames remain in
+the annotation, and are the message's fallback when no worker had a collective.
 No I/O: ``watchers`` posts the result as one ``HangDetected`` Event on the workload.
 """
 
@@ -14,7 +17,9 @@ import datetime
 import json
 from typing import Any
 
+from expiry_operator import stragglers
 from expiry_operator.incidents import OTHER, Incident, Signature, Worker
+from expiry_operator.kill_events import Collective
 
 EVENT_REASON = "HangDetected"
 DETAILS_ANNOTATION = "expiry.io/incident"
@@ -41,6 +46,8 @@ class HangReport:
     odd: tuple[OddOne, ...]  # examples, at most MAX_EXAMPLES per place
     odd_workers: int  # every worker outside the majority, listed or not
     places: int
+    findings: stragglers.Findings | None = None
+    """Who broke the collective; None when no worker had a flight-recorder collective."""
 
     @property
     def kind(self) -> str:
@@ -61,7 +68,9 @@ class HangReport:
                 f"First deadline passed at {_iso(incident.first_deadline)}: "
                 f"{_who(incident.first)}, scope {incident.first_scope or '?'}."
             )
-        if self.majority is None:
+        if self.findings is not None:
+            parts.extend(_told(self.findings))
+        elif self.majority is None:
             parts.append(f"No majority: the workers stopped in {self.places} different places.")
         else:
             parts.append(f"{self.majority_workers} stopped {_where(self.majority)}.")
@@ -96,6 +105,7 @@ class HangReport:
                 for odd in self.odd[:MAX_DETAILED_ODD]
             ],
             "undescribed": incident.unknown,
+            "collectives": None if self.findings is None else _findings(self.findings),
         }
 
     def details_json(self) -> str:
@@ -103,6 +113,11 @@ class HangReport:
 
 
 def report(incident: Incident) -> HangReport:
+    findings = stragglers.find(incident.collectives)
+    return dataclasses.replace(_by_frames(incident), findings=findings)
+
+
+def _by_frames(incident: Incident) -> HangReport:
     ranked = sorted(incident.places.items(), key=lambda item: item[1].workers, reverse=True)
     majority: Signature | None = None
     if ranked and ranked[0][0] != OTHER and (len(ranked) == 1 or ranked[0][1].workers > ranked[1][1].workers):
@@ -118,6 +133,54 @@ def report(incident: Incident) -> HangReport:
             odd_workers += place.workers
             odd.extend(OddOne(worker, signature) for worker in place.examples)
     return HangReport(incident, majority, majority_workers, tuple(odd), odd_workers, len(ranked))
+
+
+def _told(findings: stragglers.Findings) -> list[str]:
+    """The findings in sentences, the culprits first (the message is cut at MAX_MESSAGE)."""
+    parts: list[str] = []
+    for waited in findings.waited:
+        name = _collective_name(waited.op, waited.seq, waited.group)
+        behind = [odd for odd in findings.behind if odd.waited == waited]
+        mismatched = [odd for odd in findings.mismatched if odd.waited == waited]
+        waiting = f"{_plural(len(waited.workers), 'rank')} {'waits' if len(waited.workers) == 1 else 'wait'}"
+        if behind:
+            who = ", ".join(_who(odd.worker) for odd in behind)
+            parts.append(f"{who} never entered {name}; {waiting} in it.")
+        for odd in mismatched:
+            assert odd.collective is not None
+            theirs = _collective_name(odd.collective.op, odd.collective.seq, odd.collective.group)
+            parts.append(
+                f"Mismatch: {_who(odd.worker)} is in {theirs} ({odd.collective.state}); {waiting} in {name}."
+            )
+        if not behind and not mismatched:
+            parts.append(f"{waiting.capitalize()} in {name}; none of its ranks is behind.")
+    if findings.outside:
+        who = ", ".join(_who(odd.worker) for odd in findings.outside[:MAX_DETAILED_ODD])
+        verb = "is" if len(findings.outside) == 1 else "are"
+        parts.append(f"{who} {verb} outside any collective.")
+    return parts
+
+
+def _collective_name(op: str, seq: int, group: str) -> str:
+    return f"{op} #{seq} of {group}"
+
+
+def _findings(findings: stragglers.Findings) -> dict[str, Any]:
+    def odd(one: stragglers.Odd) -> dict[str, Any]:
+        return {"pod": one.worker.pod, "rank": one.worker.rank, "collective": _collective(one.collective)}
+
+    return {
+        "waitedIn": [
+            {"group": w.group, "seq": w.seq, "op": w.op, "workers": len(w.workers)} for w in findings.waited
+        ],
+        "behind": [odd(one) for one in findings.behind[:MAX_DETAILED_ODD]],
+        "mismatched": [odd(one) for one in findings.mismatched[:MAX_DETAILED_ODD]],
+        "outside": [odd(one) for one in findings.outside[:MAX_DETAILED_ODD]],
+    }
+
+
+def _collective(collective: Collective | None) -> dict[str, Any] | None:
+    return None if collective is None else dataclasses.asdict(collective)
 
 
 def _agrees(signature: Signature, majority: Signature) -> bool:

@@ -13,7 +13,7 @@ import collections
 import dataclasses
 from collections.abc import Iterator
 
-from expiry_operator.kill_events import Kill, KillEvent
+from expiry_operator.kill_events import Collective, Kill, KillEvent
 from expiry_operator.owners import Workload
 
 Signature = tuple[str, tuple[str, ...]]
@@ -22,6 +22,8 @@ OTHER: Signature = ("(other places, not told apart)", ())
 MAX_SIGNATURES = 32
 MAX_EXAMPLES = 8
 MAX_PODS = 100_000
+MAX_COLLECTIVES = 16_384
+"""Workers whose collectives an incident keeps (one small record each): a 16k-rank job."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Incident:
     first_deadline: float | None = None
     first: Worker | None = None  # the worker whose deadline passed first
     first_scope: str = ""
+    collectives: list[tuple[Worker, Collective | None]] = dataclasses.field(default_factory=list)
+    """Every described worker with its latest collective (up to MAX_COLLECTIVES), for stragglers."""
 
     def add(self, event: KillEvent, now: float) -> None:
         self.last = now
@@ -68,6 +72,8 @@ class Incident:
         worker = Worker(pod, kill.rank)
         if kill.deadline is not None and (self.first_deadline is None or kill.deadline < self.first_deadline):
             self.first_deadline, self.first, self.first_scope = kill.deadline, worker, kill.scope
+        if len(self.collectives) < MAX_COLLECTIVES:
+            self.collectives.append((worker, kill.collective))
         signature: Signature = (kill.scope, kill.frames)
         place = self.places.get(signature)
         if place is None:

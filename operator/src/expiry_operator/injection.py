@@ -151,7 +151,7 @@ def _injection(
     env_added, mounts_added = {}, {}
     for index, trainer in trainers:
         path = f"/spec/containers/{index}"
-        env = _missing_env(trainer, _trainer_env(options))
+        env = _missing_env(trainer, _trainer_env(options)) + _flight_recorder_env(trainer, options)
         _check_no_torch_timer_server(trainer)
         _check_run_dir_free(trainer)
         _append(ops, path, trainer, "env", [{"name": name, "value": value} for name, value in env])
@@ -327,6 +327,16 @@ def _trainer_env(options: PodOptions) -> list[tuple[str, str]]:
     if options.stack_dumps != "off":
         env.append((names.DUMP_DIR_ENV, names.DUMP_DIR))
     return env
+
+
+def _flight_recorder_env(container: Mapping[str, Any], options: PodOptions) -> list[tuple[str, str]]:
+    """torch's flight recorder on, for the pre-kill dump to name the collective; the trainer's own
+    TORCH_FR_BUFFER_SIZE (any value, 0 too) wins."""
+    if options.stack_dumps == "off" or not options.flight_recorder:
+        return []
+    if any(item.get("name") == names.FLIGHT_RECORDER_ENV for item in container.get("env") or []):
+        return []
+    return [(names.FLIGHT_RECORDER_ENV, str(names.FLIGHT_RECORDER_ENTRIES))]
 
 
 def _missing_env(container: Mapping[str, Any], wanted: list[tuple[str, str]]) -> list[tuple[str, str]]:

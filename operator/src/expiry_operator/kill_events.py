@@ -24,6 +24,16 @@ TRUNCATED_ANNOTATION = names.KILLS_TRUNCATED_ANNOTATION
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Collective:
+    """The worker's latest flight-recorder collective (docs/architecture.md, "Collective state in kills")."""
+
+    group: str
+    seq: int
+    op: str
+    state: str  # scheduled, started or completed
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Kill:
     """One worker whose deadline passed (killed, or only observed)."""
 
@@ -31,6 +41,7 @@ class Kill:
     scope: str
     deadline: float | None
     frames: tuple[str, ...]  # innermost last; () when no stack was dumped
+    collective: Collective | None = None  # None: no flight recorder, or none read
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,7 +112,21 @@ def _kill(item: object) -> Kill | None:
         if isinstance(deadline, int | float) and not isinstance(deadline, bool)
         else None,
         frames=tuple(str(frame) for frame in frames) if isinstance(frames, list) else (),
+        collective=_collective(item.get("collective")),
     )
+
+
+def _collective(item: object) -> Collective | None:
+    if not isinstance(item, dict):
+        return None
+    seq, state = item.get("seq"), item.get("state")
+    if (
+        not isinstance(seq, int)
+        or isinstance(seq, bool)
+        or state not in ("scheduled", "started", "completed")
+    ):
+        return None
+    return Collective(str(item.get("group") or "?"), seq, str(item.get("op") or "?"), str(state))
 
 
 def _count(text: str | None) -> int:

@@ -39,6 +39,7 @@ SIDECAR_MEMORY = f"{P}sidecar-memory"
 STACK_DUMPS = f"{P}stack-dumps"
 NATIVE_SIDECAR = f"{P}native-sidecar"
 EVENTS = f"{P}events"
+FLIGHT_RECORDER = f"{P}flight-recorder"
 POD_CONDITION = f"{P}pod-condition"
 SCOPE_METRICS = f"{P}scope-metrics"
 MODE = f"{P}mode"
@@ -72,6 +73,7 @@ class PodOptions:
     events: bool
     pod_condition: bool
     scope_metrics: bool
+    flight_recorder: bool
     mode: Mode
     deadlines: DeadlinePolicy
     adaptive_factor: float
@@ -104,6 +106,7 @@ def parse_options(annotations: Mapping[str, str], defaults: SidecarSettings) -> 
         events=read(EVENTS, _boolean, defaults.events),
         pod_condition=read(POD_CONDITION, _boolean, defaults.pod_condition),
         scope_metrics=read(SCOPE_METRICS, _boolean, defaults.scope_metrics),
+        flight_recorder=read(FLIGHT_RECORDER, _boolean, defaults.flight_recorder),
         mode=read(MODE, _one_of(MODES), defaults.mode),
         deadlines=read(DEADLINES, _one_of(DEADLINE_POLICIES), defaults.deadlines),
         adaptive_factor=read(ADAPTIVE_FACTOR, _positive, defaults.adaptive_factor),
@@ -192,6 +195,7 @@ _KNOWN = OWN_ANNOTATIONS | {
     STACK_DUMPS,
     NATIVE_SIDECAR,
     EVENTS,
+    FLIGHT_RECORDER,
     POD_CONDITION,
     SCOPE_METRICS,
     MODE,

@@ -81,6 +81,8 @@ class SidecarSettings:
     stack_dumps: StackDumpMode = "off"
     events: bool = True
     scope_metrics: bool = False
+    flight_recorder: bool = True
+    """Set TORCH_FR_BUFFER_SIZE in trainers with stack dumps on (unless they set it)."""
     pod_condition: bool = False
     """Pass --pod-condition: the pods' service accounts must be allowed to patch pods/status."""
     mode: Mode = "enforce"
@@ -200,6 +202,7 @@ def settings_from_dict(document: object, *, source: str = "config") -> Settings:
             stack_dumps=sidecar.choice("stackDumps", defaults.sidecar.stack_dumps, STACK_DUMP_MODES),
             events=sidecar.flag("events", defaults.sidecar.events),
             scope_metrics=sidecar.flag("scopeMetrics", defaults.sidecar.scope_metrics),
+            flight_recorder=sidecar.flag("flightRecorder", defaults.sidecar.flight_recorder),
             pod_condition=sidecar.flag("podCondition", defaults.sidecar.pod_condition),
             mode=sidecar.choice("mode", defaults.sidecar.mode, MODES),
             deadlines=sidecar.choice("deadlines", defaults.sidecar.deadlines, DEADLINE_POLICIES),

@@ -144,6 +144,9 @@ class PodCondition(Listener):
         if patched.exception() is None:  # a failure was said by the writer (once per outage)
             log.info("the pod's workers are healthy again: set condition %s to False", CONDITION_TYPE)
 
+    def slow(self, order: KillOrder) -> bool:
+        return order.condition
+
     def before_kill(self, order: KillOrder) -> None:
         with self._lock:
             patched = self._pending.pop(order.worker, None)

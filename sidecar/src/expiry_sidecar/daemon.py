@@ -96,6 +96,7 @@ class KillLog(Listener):
             "late_seconds": round(report.lateness, 6),
             "escalation": report.escalation,
             "rule": report.rule,
+            "collective": report.collective,
             "cmdline": worker.cmdline,
         }
         if report.outcome is kills.Outcome.OBSERVED:
@@ -145,6 +146,8 @@ class Sidecar:
             dispatch=self.kills.dispatch,
             deadlines=Deadlines(options.policy(), budget=FalseKillBudget(options.false_kill_budget)),
         )
+        if self.dumper:
+            self.dumper.peers = lambda: list(self.server.workers.values())
         self.loop.watch_fd(self.kills.fd, lambda: self.kills.collect(self.server.killed), once=False)
         if options.state_file is not None:
             self._take_over(options.state_file)

@@ -83,7 +83,14 @@ def kill_entry(report: KillReport, ranks: Ranks) -> Body:
         "outcome": report.outcome.value,
         "rule": "escalation" if report.escalation else report.rule,
         "frames": [_cut(frame) for frame in report.frames],
+        "collective": _cut_collective(report.collective),
     }
+
+
+def _cut_collective(collective: dict[str, object] | None) -> Body | None:
+    if collective is None:
+        return None
+    return {key: _cut(value) if isinstance(value, str) else value for key, value in collective.items()}
 
 
 def kills_annotations(entries: Sequence[Body]) -> dict[str, str]:

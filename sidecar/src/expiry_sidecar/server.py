@@ -21,6 +21,8 @@ The rules, in the order a request meets them:
    observing or the worker is protected), and the report comes back to the loop (``killed``) for
    the bookkeeping. Workers expiring together are killed in parallel; no deadline waits for a dump.
    The worker's pidfd stays open until its report is back, so the signal reaches that very process.
+   A kill that nothing slow precedes (no dump, no pod condition: no listener says ``slow``) is
+   signalled on the loop at once, which is quicker than a hand-over to a pool thread.
 6. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
    gets SIGKILL. One still alive ``UNKILLABLE_AFTER`` seconds after SIGKILL is stuck where no
    signal reaches (uninterruptible sleep, e.g. on a dead NFS server): it is reported, loudly.
@@ -104,6 +106,8 @@ class KillOrder:
     """Which deadline fired and why."""
     frames: list[str] = field(default_factory=list)
     """Filled in by the stack dump: up to a few innermost frames, innermost last."""
+    collective: dict[str, object] = field(default_factory=dict)
+    """Filled in by the stack dump: the worker's latest flight-recorder collective (empty: none)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class KillReport:
     """Epoch seconds the deadline passed."""
     frames: tuple[str, ...] = ()
     """The innermost frames of the worker's stack when it was dumped, innermost last."""
+    collective: dict[str, object] | None = None
+    """``{"group", "seq", "op", "state"}``: its latest flight-recorder collective, when it had one."""
 
 
 class Listener:
@@ -129,8 +135,12 @@ class Listener:
     def ordered(self, order: KillOrder) -> None:
         """On the loop, as the kill is ordered: must not block (queue work, at most)."""
 
+    def slow(self, order: KillOrder) -> bool:
+        """On the loop: may ``before_kill`` take a moment for this order? (Then it runs off the loop.)"""
+        return False
+
     def before_kill(self, order: KillOrder) -> None:
-        """Off the loop, before the signal: may take a moment (a stack dump), within its own bound."""
+        """Before the signal, off the loop if any listener is ``slow``: within its own bound."""
 
     def after_kill(self, report: KillReport) -> None:
         """On the loop, once per kill ordered: delivered, refused or observed."""
@@ -172,6 +182,7 @@ def carry_out(
         order.rule,
         order.deadline_wall,
         tuple(order.frames),
+        dict(order.collective) or None,
     )
 
 
@@ -411,7 +422,8 @@ class TimerServer:
         for listener in self.listeners:
             listener.ordered(order)
         listeners, send, monotonic = tuple(self.listeners), self._send, self.clock.monotonic
-        self._dispatch(lambda: carry_out(order, listeners, send, monotonic))
+        slow = any(listener.slow(order) for listener in listeners)
+        (self._dispatch if slow else self._inline)(lambda: carry_out(order, listeners, send, monotonic))
 
     def _inline(self, job: Callable[[], KillReport]) -> None:
         self.killed(job())

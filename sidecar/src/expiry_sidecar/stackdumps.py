@@ -1,12 +1,20 @@
 """Stack dumps before a kill: what the stuck worker was doing, in the log and on the shared volume.
 
-Just before the signal goes out, the worker's Python stacks are captured in one of two ways:
+Just before the signal goes out, the worker's Python stacks are captured in one of three ways:
 
-- faulthandler (the worker announced a ``dump_signal``, as expiry's client does when
-  ``$EXPIRY_DUMP_DIR`` is set, see :mod:`expiry.dumps`): the sidecar sends that signal and the worker
-  itself appends every thread's stack to ``DIR/<pid>.stack`` from a C signal handler, so this works
-  while it is stuck in C code and needs no capability. The sidecar waits until the file stops
-  growing, for at most ``wait`` seconds (1).
+- the debug channel (expiry's client, with ``$EXPIRY_DUMP_DIR`` set, answers on
+  ``DIR/<pid>.sock``, see :mod:`expiry.debug` and :mod:`.askworker`): its stacks and, when torch has
+  one, its flight recorder, whose latest collective goes into the kill (``collective``). The first
+  kill of a burst asks every worker of the pod that has a channel, in parallel, and waits for all of
+  their answers (each bounded, ``askworker.TIMEOUT``) before its signal: so each worker's collective
+  is read before any worker of the burst is signalled (a signalled peer would end the collective the
+  others wait in). Kills within ``BURST`` seconds of the first use those answers. The answer is
+  complete when the worker closes the connection: no settle wait.
+- faulthandler, when the worker did not answer (it announced a ``dump_signal``, as expiry's client
+  does when ``$EXPIRY_DUMP_DIR`` is set, see :mod:`expiry.dumps`): the sidecar sends that signal and
+  the worker itself appends every thread's stack to ``DIR/<pid>.stack`` from a C signal handler, so
+  this works while it is stuck in C code and needs no capability. The sidecar waits until the file
+  stops growing, for at most ``wait`` seconds (1).
 - py-spy (any other worker, e.g. torch's own client), when ``py-spy`` is installed and the sidecar
   may ptrace the worker (CAP_SYS_PTRACE): ``py-spy dump --pid``, for at most ``py_spy_timeout``
   seconds (5).
@@ -29,9 +37,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from pathlib import Path
 
-from expiry_sidecar import kills
+from expiry_sidecar import askworker, collectives, kills
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillOrder, Listener
 
@@ -49,6 +60,11 @@ PY_SPY_TIMEOUT = 5.0
 LOG_LIMIT = 12_000
 """Characters of stack in the log line: container runtimes split lines past 16 KiB."""
 FRAMES = 5
+BURST = 1.0
+"""Seconds after a burst's first kill during which later kills use the answers it collected (the
+kill Events' burst window too)."""
+ASKERS = 16
+"""Workers asked at once: a pod rarely has more than 8."""
 """Innermost frames of the main thread that go to the kill's Event."""
 
 _FAULTHANDLER_FRAME = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
@@ -157,8 +173,14 @@ class StackDumper(Listener):
         self.py_spy = py_spy
         self.py_spy_timeout = py_spy_timeout
         self.results: Counter[str] = Counter()
+        self.peers: Callable[[], Iterable[Worker]] = lambda: ()
+        """Every worker the sidecar watches (the daemon sets it): asked at a burst's first kill."""
         self._lock = threading.Lock()
         """Kills are prepared in parallel threads."""
+        self._askers = ThreadPoolExecutor(ASKERS, thread_name_prefix="expiry-ask")
+        self._burst_at: float | None = None
+        self._asked: dict[int, tuple[int, Future[dict[str, object]]]] = {}
+        """In the current burst: pid -> (start time, its answer)."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -166,20 +188,26 @@ class StackDumper(Listener):
         with contextlib.suppress(OSError):  # trainers may run as another uid: let them write, as in /tmp
             directory.chmod(0o1777)
 
+    def slow(self, order: KillOrder) -> bool:
+        return not order.escalation
+
     def before_kill(self, order: KillOrder) -> None:
         if order.escalation:
             return
         worker = order.worker
         fields: dict[str, object] = {"pid": worker.pid, "scope": order.scope_id}
         try:
-            mechanism, stack = self._capture(worker)
+            mechanism, stack, recorder = self._capture(worker)
         except DumpFailed as exc:
             self._count("failed")
             log.warning("no stack dump of pid %d: %s", worker.pid, exc, extra={**fields, "reason": str(exc)})
             return
         self._count("ok")
         order.frames.extend(innermost_frames(stack))
-        fields.update(mechanism=mechanism, file=self._save(worker.pid, stack))
+        collective = collectives.latest(recorder)
+        if collective is not None:
+            order.collective.update(collective)
+        fields.update(mechanism=mechanism, collective=collective, file=self._save(worker.pid, stack))
         if len(stack) > LOG_LIMIT:
             fields.update(stack=stack[:LOG_LIMIT], stack_truncated=True)
         else:
@@ -190,17 +218,45 @@ class StackDumper(Listener):
         with self._lock:
             self.results[result] += 1
 
-    def _capture(self, worker: Worker) -> tuple[str, str]:
+    def _capture(self, worker: Worker) -> tuple[str, str, object]:
+        """(mechanism, stack, flight-recorder dump or None)."""
+        answer = self._answer(worker)
+        if answer is not None:
+            return "debug-channel", str(answer["stack"]), answer.get("flight_recorder")
         if worker.dump_signal is not None:
-            return "faulthandler", faulthandler_dump(
-                worker, self.directory / f"{worker.pid}.stack", self.wait
-            )
+            path = self.directory / f"{worker.pid}.stack"
+            return "faulthandler", faulthandler_dump(worker, path, self.wait), None
         if self.py_spy is not None:
-            return "py-spy", py_spy_dump(self.py_spy, worker.pid, self.py_spy_timeout)
+            return "py-spy", py_spy_dump(self.py_spy, worker.pid, self.py_spy_timeout), None
         raise DumpFailed(
             "the worker announced no dump signal (expiry's client does when EXPIRY_DUMP_DIR is set)"
             " and py-spy is not installed"
         )
+
+    def _answer(self, worker: Worker) -> dict[str, object] | None:
+        """The worker's answer on its debug channel, asked with the rest of its burst; None: fall back."""
+        with self._lock:
+            now = time.monotonic()
+            if self._burst_at is None or now - self._burst_at > BURST:
+                self._burst_at, self._asked = now, {}
+            if worker.pid not in self._asked:  # the burst's first kill, or a worker new to it
+                for each in (*self.peers(), worker):
+                    path = askworker.channel(self.directory, each.pid)
+                    if each.pid not in self._asked and path is not None:
+                        asked = self._askers.submit(askworker.ask, path, each.starttime)
+                        self._asked[each.pid] = (each.starttime, asked)
+            burst = [asked for _, asked in self._asked.values()]
+            mine = self._asked.get(worker.pid)
+        wait_all(burst)  # every answer of the burst before any signal (each within askworker.TIMEOUT)
+        if mine is None or mine[0] != worker.starttime:
+            return None
+        try:
+            return mine[1].result()
+        except askworker.NoAnswer as exc:
+            log.info(
+                "pid %d did not answer on its debug channel: %s", worker.pid, exc, extra={"pid": worker.pid}
+            )
+            return None
 
     def _save(self, pid: int, stack: str) -> str | None:
         now = time.time()

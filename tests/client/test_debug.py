@@ -1,0 +1,99 @@
+"""The client's debug channel: a real worker process answers on its socket with its stacks while its
+main thread waits; nothing listens without ``EXPIRY_DUMP_DIR``; torch is never imported for it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from expiry.debug import socket_path
+from expiry.names import DUMP_DIR_ENV
+from expiry.procstat import starttime
+from expiry_sidecar.askworker import NoAnswer, ask
+from tests.support.sidecar import wait_for
+
+WORKER = textwrap.dedent(
+    """
+    import sys, threading
+    from expiry import FileTimerClient
+
+    def waiting_in_a_collective():
+        print("ready", flush=True)
+        threading.Event().wait()
+
+    FileTimerClient(sys.argv[1]).acquire("step", 4e9)
+    waiting_in_a_collective()
+    """
+)
+
+
+@pytest.fixture
+def worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
+    env = {k: v for k, v in os.environ.items() if k != DUMP_DIR_ENV}
+    if request.param:
+        env[DUMP_DIR_ENV] = str(tmp_path / "dumps")
+    (tmp_path / "requests").touch()
+    process = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tmp_path / "requests")], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize("worker", [True], indirect=True)
+def test_the_worker_answers_with_its_stacks_while_its_main_thread_waits(
+    worker: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    path = socket_path(tmp_path / "dumps", worker.pid)
+    wait_for(path.is_socket, what="the debug socket")
+    reply = ask(path, starttime(worker.pid))
+    assert reply["pid"] == worker.pid
+    stack = str(reply["stack"])
+    assert "in waiting_in_a_collective" in stack and '"MainThread"' in stack, stack
+    assert reply["flight_recorder"] is None and "flight_recorder_error" not in reply
+    assert ask(path, starttime(worker.pid))["pid"] == worker.pid, "it answers every time it is asked"
+
+
+@pytest.mark.parametrize("worker", [True], indirect=True)
+def test_an_answer_from_another_process_than_the_one_killed_is_refused(
+    worker: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    path = socket_path(tmp_path / "dumps", worker.pid)
+    wait_for(path.is_socket, what="the debug socket")
+    with pytest.raises(NoAnswer, match="another process"):
+        ask(path, starttime(worker.pid) + 1)
+
+
+@pytest.mark.parametrize("worker", [False], indirect=True)
+def test_without_a_dump_directory_nothing_listens(worker: subprocess.Popen[str], tmp_path: Path) -> None:
+    threads = os.listdir(f"/proc/{worker.pid}/task")
+    assert len(threads) == 1, "no debug thread"
+    assert not (tmp_path / "dumps").exists()
+
+
+def test_answering_never_imports_torch() -> None:
+    code = "import sys; from expiry import debug; debug.answer(1, 2); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "False\n"
+
+
+def test_a_trainer_on_torch_s_client_starts_the_channel_with_one_call(tmp_path: Path) -> None:
+    """No expiry timer client at all: ``expiry.debug.start()`` reads the directory from the env."""
+    code = "import os, expiry.debug; print(expiry.debug.start()); print(expiry.debug.start() is not None)"
+    env = {**os.environ, DUMP_DIR_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    first, again = done.stdout.splitlines()
+    assert first.startswith(str(tmp_path)) and first.endswith(".sock") and again == "True"
+    without = {k: v for k, v in os.environ.items() if k != DUMP_DIR_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=without
+    )
+    assert done.stdout.splitlines() == ["None", "False"]
