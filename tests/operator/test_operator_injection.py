@@ -429,9 +429,12 @@ def test_the_injected_flight_recorder_is_stripped_on_readmission_like_the_rest()
 
 
 def test_the_flight_recorder_annotation_refuses_other_values() -> None:
-    denied = admit(_dumping({"expiry.io/flight-recorder": "yes"}), SETTINGS, native_sidecars_supported=True)
+    """The one rule for booleans (the spellings of expiry.io/enabled): anything else is denied by name."""
+    denied = admit(_dumping({"expiry.io/flight-recorder": "maybe"}), SETTINGS, native_sidecars_supported=True)
     assert not isinstance(denied, Injected)
-    assert "expiry.io/flight-recorder" in str(denied) and "true | false" in str(denied)
+    assert "expiry.io/flight-recorder" in str(denied) and "'maybe'" in str(denied)
+    allowed = admit(_dumping({"expiry.io/flight-recorder": "yes"}), SETTINGS, native_sidecars_supported=True)
+    assert isinstance(allowed, Injected)
 
 
 def test_stack_dumps_off_in_a_parsed_config_gives_trainers_no_dump_dir() -> None:
