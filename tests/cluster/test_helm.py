@@ -72,6 +72,9 @@ def test_upgrade_from_the_previous_chart_then_uninstall(cluster: Cluster, tmp_pa
             "--namespace",
             namespace,
             "--reuse-values",
+            # A second release in one cluster: the session's release owns the cluster-scoped CRD.
+            "--set",
+            "crds.install=false",
             "--wait",
             "--timeout",
             "4m",
