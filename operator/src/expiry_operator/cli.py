@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _inject(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text(encoding="utf-8")
-        documents = load_documents(text)
+        data = sys.stdin.buffer.read() if args.filename == "-" else Path(args.filename).read_bytes()
+        documents = load_documents(data)
         injected = inject_documents(
             documents,
             settings.sidecar,

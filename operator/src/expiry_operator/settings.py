@@ -118,8 +118,12 @@ def load_settings(path: str | Path | None) -> Settings:
         document = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     return settings_from_dict({} if document is None else document, source=str(path))
 
 
