@@ -19,9 +19,23 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+settings.register_profile(
+    "fuzz-ci",
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking a webhook input can take minutes
+    print_blob=True,
+)
+CI = settings.get_profile("fuzz-ci")
+"""The suite's size: a few dozen inputs per surface (tests/fuzz/test_fuzz.py scales it per surface)."""
+
 Check = Callable[[Any], str]
+Notes = dict[str, str]
+"""What a session measured besides the outcomes (the operator's RSS, ...), for the report."""
 
 
 class Violation(AssertionError):
@@ -33,7 +47,7 @@ class Surface:
     name: str
     what: str  # one line for the report: the inputs it is fed
     inputs: st.SearchStrategy[Any]
-    session: Callable[[Path], contextlib.AbstractContextManager[Check]]
+    session: Callable[[Path, Notes], contextlib.AbstractContextManager[Check]]
 
 
 @dataclasses.dataclass
@@ -43,6 +57,7 @@ class Tally:
     outcomes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     violations: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     tracebacks: int = 0
+    errors_5xx: int = 0
 
     @property
     def inputs(self) -> int:
@@ -55,6 +70,8 @@ class Tally:
             self.outcomes["VIOLATION"] += 1
             if "Traceback" in str(e):
                 self.tracebacks += 1
+            if str(e).startswith("HTTP 5"):
+                self.errors_5xx += 1
             if len(self.violations) < 20:
                 self.violations.append((str(e)[:2000], repr(value)[:500]))
 
@@ -103,3 +120,22 @@ def deep_recursion() -> Iterator[None]:
         yield
     finally:
         sys.setrecursionlimit(before)
+
+
+def run_many(surface: Surface, workdir: Path, count: int, tally: Tally, notes: Notes) -> None:
+    """Feed ``count`` generated inputs to the surface, counting outcomes and violations (no stop,
+    no shrinking): the on-demand run of ``scripts/fuzz``."""
+    with surface.session(workdir, notes) as check:
+
+        @settings(
+            max_examples=count,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(surface.inputs)
+        def feed(value: Any) -> None:
+            tally.record(check, value)
+
+        feed()

@@ -20,7 +20,7 @@ from expiry_operator import cli, options
 from expiry_operator.injection import Denied, Injected, Skipped, admit
 from expiry_operator.settings import Settings
 from expiry_sidecar import cli as sidecar_cli
-from tests.fuzz.harness import Check, Run, Surface, Violation, deep_recursion, one_line, run_main
+from tests.fuzz.harness import Check, Notes, Run, Surface, Violation, deep_recursion, one_line, run_main
 from tests.fuzz.mutations import NASTY_STRINGS, mutated, nested
 from tests.fuzz.pod_schema import schema_errors, schema_pods
 from tests.operator import pod_corpus
@@ -108,9 +108,11 @@ def _check_injected_output(run: Run, value: Any) -> str:
     if isinstance(value, bytes):
         return "accepted: no pod"
     documents, form = value
-    loaded = json.loads(run.out) if form == "json" else list(yaml.safe_load_all(run.out))
-    output = loaded.get("items", [loaded]) if form == "json" and loaded.get("kind") == "List" else loaded
-    output = [loaded] if form == "json" and not isinstance(output, list) else output
+    if form == "json":  # one object, or a List of several
+        loaded = json.loads(run.out)
+        output = loaded["items"] if loaded.get("kind") == "List" else [loaded]
+    else:
+        output = list(yaml.safe_load_all(run.out))
     before, after = _pods_of(documents), _pods_of(output)
     if len(before) != len(after):
         return "accepted: workloads"
@@ -123,7 +125,7 @@ def _check_injected_output(run: Run, value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _inject_session(workdir: Path) -> Iterator[Check]:
+def _inject_session(workdir: Path, _notes: Notes) -> Iterator[Check]:
     path = workdir / "manifest.yaml"
     yield lambda value: _check_inject(path, value)
 
@@ -156,14 +158,17 @@ def _big_bodies() -> list[bytes]:
 
 
 def _raw(value: Any) -> bytes:
-    with deep_recursion():
-        return orjson.dumps(value) if not isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        return value
+    with deep_recursion():  # orjson writes 255 levels at most
+        return json.dumps(value).encode()
 
 
 @st.composite
 def _reviews(draw: st.DrawFn) -> Any:
-    pod = draw(PODS | mutated(PODS))
-    return admission_review(pod) if isinstance(pod, dict) else {"request": {"object": pod}}
+    review = admission_review({"metadata": {"name": "fuzz"}})
+    review["request"]["object"] = draw(PODS | mutated(PODS))
+    return review
 
 
 def _deep_review(depth: int) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def _check_review(client: _Client, alive: Any, big: list[bytes], value: Any) -> 
 
 
 @contextlib.contextmanager
-def _webhook_session(workdir: Path) -> Iterator[Check]:
+def _webhook_session(workdir: Path, notes: Notes) -> Iterator[Check]:
     with running_operator(workdir) as operator:
         client = _Client(operator.webhook_port, operator.tls.ca)
         big = _big_bodies()
@@ -250,15 +255,23 @@ def _webhook_session(workdir: Path) -> Iterator[Check]:
             return operator._process is not None and operator._process.poll() is None
 
         def check(value: Any) -> str:
-            outcome = _check_review(client, alive, big, value)
+            try:
+                outcome = _check_review(client, alive, big, value)
+            except Violation as e:  # with the operator's own account of it
+                raise Violation(f"{e}; the operator's log ends: {operator.log()[-1500:]}") from None
             if not alive():
                 raise Violation(f"the operator exited:\n{operator.log()[-2000:]}")
             return outcome
 
-        check.operator = operator  # type: ignore[attr-defined]  # for the run's report (RSS)
+        notes["operator RSS at start"] = f"{rss_kib(operator.pid) / 1024:.0f} MiB"
         yield check
         if not alive():
             raise Violation(f"the operator exited:\n{operator.log()[-2000:]}")
+        notes["operator RSS after the run"] = f"{rss_kib(operator.pid) / 1024:.0f} MiB"
+        served = check(admission_review(copy.deepcopy(pod_corpus.INJECTED_CASES["jobset"])))
+        if served != "200 allowed, patched":
+            raise Violation(f"after the run, a good pod got {served}")
+        notes["after the run"] = "alive, and injects a good pod"
 
 
 def rss_kib(pid: int) -> int:
@@ -313,7 +326,7 @@ CONFIG_INPUTS = st.one_of(
 
 
 @contextlib.contextmanager
-def _config_session(workdir: Path) -> Iterator[Check]:
+def _config_session(workdir: Path, _notes: Notes) -> Iterator[Check]:
     manifest, config = workdir / "pod.yaml", workdir / "operator.yaml"
     manifest.write_text(yaml.safe_dump(pod_corpus.INJECTED_CASES["jobset"]))
 
@@ -398,7 +411,7 @@ def _sidecar_would_start(argv: Sequence[str]) -> int:
 
 
 @contextlib.contextmanager
-def _annotations_session(_: Path) -> Iterator[Check]:
+def _annotations_session(_: Path, _notes: Notes) -> Iterator[Check]:
     yield _check_annotations
 
 

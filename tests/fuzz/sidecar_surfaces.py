@@ -3,6 +3,7 @@ and the FIFO."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -22,7 +23,7 @@ from expiry_sidecar.blocks import BlockStats
 from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.state import StateFile, blocks_line, boot_id
 from expiry_sidecar.timers import TimerBook
-from tests.fuzz.harness import Check, Surface, Violation, deep_recursion, one_line, run_main
+from tests.fuzz.harness import Check, Notes, Surface, Violation, deep_recursion, one_line, run_main
 from tests.fuzz.mutations import DEEP, NASTY_STRINGS, mutated, nested
 from tests.sidecar.test_core import World, line
 
@@ -31,7 +32,9 @@ from tests.sidecar.test_core import World, line
 
 def _flag_table() -> dict[str, list[tuple[str, bool]]]:
     """Every option of every command, from the real parser: (flag, takes a value)."""
-    commands = sidecar_cli.parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    group = sidecar_cli.parser()._subparsers
+    assert group is not None
+    commands: dict[str, argparse.ArgumentParser] = group._group_actions[0].choices  # type: ignore[assignment]
     return {
         name: [
             (action.option_strings[-1], action.nargs != 0)
@@ -90,7 +93,7 @@ def _check_flags(argv: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _flags_session(_: Path) -> Iterator[Check]:
+def _flags_session(_: Path, _notes: Notes) -> Iterator[Check]:
     yield _check_flags
 
 
@@ -234,7 +237,7 @@ def _check_state(workdir: Path, value: tuple[str, bytes, set[tuple[int, str]] | 
 
 
 @contextlib.contextmanager
-def _state_session(workdir: Path) -> Iterator[Check]:
+def _state_session(workdir: Path, _notes: Notes) -> Iterator[Check]:
     yield lambda value: _check_state(workdir, value)
 
 
@@ -292,7 +295,7 @@ def _check_blocks(url: str, value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _blocks_session(_: Path) -> Iterator[Check]:
+def _blocks_session(_: Path, _notes: Notes) -> Iterator[Check]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Blocks)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -377,7 +380,7 @@ def _check_fifo(value: tuple[list[Any], list[int]]) -> str:
 
 
 @contextlib.contextmanager
-def _fifo_session(_: Path) -> Iterator[Check]:
+def _fifo_session(_: Path, _notes: Notes) -> Iterator[Check]:
     yield _check_fifo
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from expiry_operator.shape import MAX_DEPTH, too_deep
+from expiry_operator.shape import MAX_DEPTH, object_problem, pod_problem, too_deep
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
@@ -33,4 +33,11 @@ def review_problem(review: Any) -> str | None:
     new, old = request.get("object"), request.get("oldObject")
     if not isinstance(new, dict) and not isinstance(old, dict):
         return "request.object (or oldObject) is missing or not an object"
+    shape_problem = pod_problem if resource["resource"] == "pods" else object_problem
+    for key, value in (("object", new), ("oldObject", old)):
+        if value is not None and not isinstance(value, dict):
+            return f"request.{key} must be an object or null"
+        problem = None if value is None else shape_problem(value)
+        if problem is not None:  # kopf reads the object before any handler: it must be readable
+            return f"request.{key}: {problem}"
     return None

@@ -34,6 +34,8 @@ class Obj:
 
     fields: Mapping[str, Shape]
     required: frozenset[str] = frozenset()
+    not_null: frozenset[str] = frozenset()
+    """May be absent, but not null (kopf reads ``metadata`` with ``.get(key, {})``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +69,21 @@ CONTAINER = Obj(
     },
     frozenset({"name"}),
 )
+METADATA = Obj(
+    {
+        "name": STRING,
+        "generateName": STRING,
+        "namespace": STRING,
+        "uid": STRING,
+        "labels": MapOf(STRING),
+        "annotations": MapOf(STRING),
+    }
+)
+OBJECT = Obj({"apiVersion": STRING, "kind": STRING, "metadata": METADATA}, not_null=frozenset({"metadata"}))
+"""Any Kubernetes object, as far as kopf reads it before a handler runs."""
 POD = Obj(
     {
-        "apiVersion": STRING,
-        "kind": STRING,
-        "metadata": Obj(
-            {
-                "name": STRING,
-                "generateName": STRING,
-                "namespace": STRING,
-                "labels": MapOf(STRING),
-                "annotations": MapOf(STRING),
-            }
-        ),
+        **OBJECT.fields,
         "spec": Obj(
             {
                 "containers": ListOf(CONTAINER),
@@ -93,13 +97,19 @@ POD = Obj(
                 "restartPolicy": STRING,
             }
         ),
-    }
+    },
+    not_null=OBJECT.not_null,
 )
 
 
 def pod_problem(pod: object) -> str | None:
     """What makes ``pod`` unreadable as a Pod, naming the field; None when the core may read it."""
     return too_deep(pod) or _problem(pod, POD, "")
+
+
+def object_problem(value: object) -> str | None:
+    """What makes ``value`` unreadable as a Kubernetes object (its metadata), naming the field."""
+    return too_deep(value) or _problem(value, OBJECT, "")
 
 
 def too_deep(value: object, limit: int = MAX_DEPTH) -> str | None:
@@ -117,7 +127,7 @@ def too_deep(value: object, limit: int = MAX_DEPTH) -> str | None:
 
 
 def _problem(value: Any, shape: Shape, path: str) -> str | None:
-    where = path or "the pod"
+    where = path or "the object"
     if isinstance(shape, Scalar):
         if (isinstance(value, bool) and bool not in shape.types) or not isinstance(value, shape.types):
             return f"{where} must be {shape.name}, got {_kind(value)}"
@@ -141,7 +151,7 @@ def _problem(value: Any, shape: Shape, path: str) -> str | None:
     return _first(
         _problem(value[key], field, _field(path, key))
         for key, field in shape.fields.items()
-        if value.get(key) is not None or key in shape.required
+        if value.get(key) is not None or key in shape.required or (key in value and key in shape.not_null)
     )
 
 

@@ -176,7 +176,7 @@ def render(rows: list[Advice], policy: Policy, doc: dict[str, Any]) -> Iterator[
     if pooled:
         first = doc["max_scopes"]
         yield f"{pooled:,} blocks of scopes beyond the first {first} were pooled: no advice for them"
-    over = doc["blocks_over_adaptive_deadline"]
+    over = doc.get("blocks_over_adaptive_deadline")  # None: not known (read from a state file)
     if over is not None:
         yield f"blocks that finished after running past their adaptive deadline: {over:,}"
 

@@ -121,6 +121,8 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
                         del armed[key]
                 case _:
                     raise StateError(f"line {number}: unknown entry {line[:80]!r}")
+        except StateError:
+            raise
         except (ValueError, OverflowError) as exc:  # OverflowError: an integer too large for a float
             raise StateError(f"line {number}: {exc}") from None
         except RecursionError:
