@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -122,9 +123,16 @@ def deep_recursion() -> Iterator[None]:
         sys.setrecursionlimit(before)
 
 
-def run_many(surface: Surface, workdir: Path, count: int, tally: Tally, notes: Notes) -> None:
-    """Feed ``count`` generated inputs to the surface, counting outcomes and violations (no stop,
-    no shrinking): the on-demand run of ``scripts/fuzz``."""
+class _TimeUp(Exception):
+    pass
+
+
+def run_many(
+    surface: Surface, workdir: Path, count: int, tally: Tally, notes: Notes, *, seconds: float | None = None
+) -> None:
+    """Feed ``count`` generated inputs to the surface (fewer if ``seconds`` run out first), counting
+    outcomes and violations (no stop, no shrinking): the on-demand run of ``scripts/fuzz``."""
+    stop = None if seconds is None else time.monotonic() + seconds
     with surface.session(workdir, notes) as check:
 
         @settings(
@@ -136,6 +144,11 @@ def run_many(surface: Surface, workdir: Path, count: int, tally: Tally, notes: N
         )
         @given(surface.inputs)
         def feed(value: Any) -> None:
+            if stop is not None and time.monotonic() > stop:
+                raise _TimeUp
             tally.record(check, value)
 
-        feed()
+        with contextlib.suppress(_TimeUp):
+            feed()
+        if stop is not None and time.monotonic() > stop:
+            notes["stopped"] = f"after {seconds:g} s, before {count:,} inputs"

@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/fuzz", description=__doc__)
     parser.add_argument("surfaces", nargs="*", metavar="SURFACE", help="default: all")
     parser.add_argument("-n", "--inputs", type=int, default=100_000, help="per surface (default 100,000)")
+    parser.add_argument("--seconds", type=float, help="stop each surface after this long, if not done")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--list", action="store_true", help="name the surfaces and what they are fed")
     args = parser.parse_args(argv)
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tally, notes = Tally(), Notes()
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir:
-            run_many(SURFACES[name], Path(workdir), args.inputs, tally, notes)
+            run_many(SURFACES[name], Path(workdir), args.inputs, tally, notes, seconds=args.seconds)
         seconds = time.monotonic() - started
         report[name] = _print(name, tally, notes, seconds)
         if args.json:

@@ -16,12 +16,12 @@ from tests.fuzz.surfaces import SURFACES
 EXAMPLES = {  # per surface, scaled to what one input costs (about 40 s for all on a loaded 2-core machine)
     "inject": 40,
     "webhook": 80,
-    "config": 60,
+    "config": 40,
     "annotations": 150,
     "sidecar-flags": 150,
     "state-file": 100,
     "advise-blocks": 80,
-    "fifo": 300,
+    "fifo": 150,
 }
 
 
