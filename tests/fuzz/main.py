@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.fuzz.harness import Notes, Tally, run_many
 from tests.fuzz.surfaces import SURFACES
@@ -21,9 +22,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-n", "--inputs", type=int, default=100_000, help="per surface (default 100,000)")
     parser.add_argument("--seconds", type=float, help="stop each surface after this long, if not done")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--markdown", nargs="+", type=Path, metavar="REPORT", help="print the tables of JSON reports and exit"
+    )
     parser.add_argument("--list", action="store_true", help="name the surfaces and what they are fed")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # the sidecar's log lines about each bad input: the tally counts them
+    if args.markdown:
+        for path in args.markdown:
+            for name, entry in json.loads(path.read_text()).items():
+                print(markdown(name, entry))
+        return 0
     if args.list:
         for surface in SURFACES.values():
             print(f"{surface.name:<14} {surface.what}")
@@ -65,6 +74,22 @@ def _print(name: str, tally: Tally, notes: Notes, seconds: float) -> dict[str, o
         "notes": notes,
         "first_violations": tally.violations[:5],
     }
+
+
+def markdown(name: str, entry: dict[str, Any]) -> str:
+    """One surface's outcomes as the table docs/failure-modes.md shows."""
+    lines = [
+        f"**{name}**: {SURFACES[name].what}. {entry['inputs']:,} inputs in {entry['seconds']:,} s: "
+        f"tracebacks {entry['tracebacks']}, 5xx {entry['5xx']}, violations {entry['violations']}"
+        + "".join(f"; {key}: {value}" for key, value in entry["notes"].items())
+        + ".",
+        "",
+        "| outcome | inputs |",
+        "|---|---:|",
+        *(f"| {outcome} | {count:,} |" for outcome, count in entry["outcomes"].items()),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
