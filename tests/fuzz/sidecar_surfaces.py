@@ -332,7 +332,9 @@ def _malformed(data: bytes) -> bool:
     """Whether the wire format refuses ``data`` (a mutation may leave a request valid: not garbage)."""
     try:
         wire.decode(data)
-    except (MalformedRequest, ValueError):
+    except MalformedRequest:
+        return True
+    except Exception:  # the decoder broke: feed the line anyway, the server's check will say so
         return True
     return False
 

@@ -160,7 +160,8 @@ def _first(problems: Any) -> str | None:
 
 
 def _field(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    shown = key if key.isprintable() else repr(key)  # a control character must not break the line
+    return f"{path}.{shown}" if path else shown
 
 
 def _kind(value: object) -> str:
