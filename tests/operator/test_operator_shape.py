@@ -10,7 +10,7 @@ import pytest
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.options import ADAPTIVE_MIN_SAMPLES
 from expiry_operator.review import review_problem
-from expiry_operator.settings import SidecarSettings
+from expiry_operator.settings import ConfigError, SidecarSettings, settings_from_dict
 from expiry_operator.shape import pod_problem
 from tests.operator import pod_corpus
 from tests.operator.operator_harness import admission_review
@@ -101,3 +101,10 @@ def test_a_whole_number_annotation_int_would_refuse_is_denied_naming_it(value: s
     pod = changed(("metadata", "annotations", ADAPTIVE_MIN_SAMPLES), value)
     outcome = admit(pod, SidecarSettings(), native_sidecars_supported=True)
     assert isinstance(outcome, Denied) and ADAPTIVE_MIN_SAMPLES in outcome.message
+
+
+@pytest.mark.parametrize("value", [10**400, float("nan"), float("inf")])
+def test_config_numbers_no_float_holds_or_not_finite_are_refused_naming_the_key(value: float) -> None:
+    for key in ("escalateAfter", "adaptiveFactor", "adaptiveMinSamples"):
+        with pytest.raises(ConfigError, match=f"sidecar.{key} must be"):
+            settings_from_dict({"sidecar": {key: value}})

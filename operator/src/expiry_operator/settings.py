@@ -272,22 +272,20 @@ class _Section:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        number = _number(value)
+        if number is None or not 0 <= number < math.inf:  # NaN fails too
             raise ConfigError(f"{self._name(key)} must be a non-negative number of seconds, got {value!r}")
-        return float(value)
+        return number
 
     def positive(self, key: str, default: float, *, whole: bool = False) -> float:
         value = self._get(key)
         if value is None:
             return default
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int if whole else int | float)
-            or not 0 < value < math.inf
-        ):
+        number = _number(value) if isinstance(value, int) or not whole else None
+        if number is None or not 0 < number < math.inf:
             kind = "a whole number >= 1" if whole else "a finite number > 0"
             raise ConfigError(f"{self._name(key)} must be {kind}, got {value!r}")
-        return float(value)
+        return number
 
     def resources(
         self, key: str, default: Mapping[str, Mapping[str, str]]
@@ -314,3 +312,13 @@ class _Section:
                 raise ConfigError(f"{self._name(key)}.{name}: {e}") from e
             result[str(name)] = str(quantity)
         return result
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a YAML number a float holds (not a boolean, not 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
