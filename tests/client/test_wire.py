@@ -78,3 +78,10 @@ def test_lines_that_are_not_requests_are_malformed(line: bytes) -> None:
 def test_extra_keys_are_ignored_and_non_positive_signals_allowed() -> None:
     request = decode(json.dumps({**VALID, "signal": -1, "note": "from a newer client"}))
     assert request.signal == -1
+
+
+def test_an_expiration_time_no_float_holds_is_malformed_not_a_crash() -> None:
+    # json reads the integer exactly; float() of it overflows. One such line crashed the sidecar's loop.
+    line = '{"version": 1, "pid": 10, "scope_id": "s", "expiration_time": 1' + "0" * 400 + ', "signal": 9}'
+    with pytest.raises(MalformedRequest, match="expiration_time must be a finite number"):
+        decode(line)

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from expiry.wire import Request, encode
 from expiry_sidecar.kills import Outcome
@@ -258,42 +256,7 @@ def test_the_book_compacts_released_entries() -> None:
 
 # -- hostile input -------------------------------------------------------------------------------
 
-valid_requests = st.builds(
-    lambda pid, scope, delay, sig: (pid, scope, delay, sig),
-    st.sampled_from([10, 11, 12]),
-    st.text(max_size=20),
-    st.floats(min_value=0.001, max_value=100),
-    st.sampled_from([9, 15]),
-)
-garbage = st.binary(max_size=200).map(lambda b: b.replace(b"\n", b" ") + b"\n")
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    stream=st.lists(st.one_of(valid_requests, garbage), max_size=30),
-    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=10),
-)
-def test_any_bytes_cut_anywhere_never_crash_and_every_valid_request_is_honoured(
-    stream: list[tuple[int, str, float, int] | bytes], cuts: list[int]
-) -> None:
-    world = World()
-    world.alive = {10: 1, 11: 2, 12: 3}
-    server = world.server(escalate_after=0)
-    data = b"".join(
-        item if isinstance(item, bytes) else line(item[0], item[1], world.wall(item[2]), item[3])
-        for item in stream
-    )
-    previous = 0
-    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
-        server.receive(data[previous:cut])
-        previous = cut
-    armed = {(pid, scope) for pid, scope, _, _ in (i for i in stream if not isinstance(i, bytes))}
-    assert {(t.pid, t.scope_id) for t in server.book} == armed
-    assert server.stats.acquires == len([i for i in stream if not isinstance(i, bytes)])
-    world.now += 101
-    server.expire_due()
-    assert {pid for pid, _ in world.signals} == {pid for pid, _ in armed}
-    assert len(world.signals) == len({pid for pid, _ in armed}), "a worker was killed twice"
+# Any bytes cut anywhere: tests/fuzz (the "fifo" surface), with the other input surfaces.
 
 
 def test_garbage_that_is_valid_json_but_not_a_request_is_counted(world: World) -> None:

@@ -141,7 +141,10 @@ def decode(line: bytes | str) -> Request:
         and (starttime is None or (type(starttime) is int and starttime >= 0))
         and (dump_signal is None or (type(dump_signal) is int and 0 < dump_signal < _signal.NSIG))
     ):
-        return Request(pid, scope_id, float(expiration_time), sig, starttime, dump_signal)
+        try:  # not contextlib.suppress: this runs once per request, and try costs nothing
+            return Request(pid, scope_id, float(expiration_time), sig, starttime, dump_signal)
+        except OverflowError:  # an integer no float holds: the strict path says so
+            pass
     return _decode_strictly(line)
 
 
@@ -168,13 +171,10 @@ def _decode_strictly(line: bytes | str) -> Request:
     scope_id = obj.get("scope_id")
     if not isinstance(scope_id, str):
         raise MalformedRequest(f"scope_id must be a string, not {scope_id!r}")
-    expiration_time = obj.get("expiration_time")
-    if (
-        isinstance(expiration_time, bool)
-        or not isinstance(expiration_time, int | float)
-        or not math.isfinite(expiration_time)
-    ):
-        raise MalformedRequest(f"expiration_time must be a finite number, not {expiration_time!r}")
+    expiration_time = _finite(obj.get("expiration_time"))
+    if expiration_time is None:
+        shown = str(obj.get("expiration_time"))[:40]
+        raise MalformedRequest(f"expiration_time must be a finite number, not {shown}")
     sig = _integer(obj.get("signal"))
     if sig is None or sig >= _signal.NSIG:
         raise MalformedRequest(f"signal must be an integer below {_signal.NSIG}, not {obj.get('signal')!r}")
@@ -186,7 +186,18 @@ def _decode_strictly(line: bytes | str) -> Request:
         raise MalformedRequest(
             f"dump_signal must be a signal number in 1..{_signal.NSIG - 1}, not {dump_signal!r}"
         )
-    return Request(pid, scope_id, float(expiration_time), sig, starttime, dump_signal)
+    return Request(pid, scope_id, expiration_time, sig, starttime, dump_signal)
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite JSON number (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _integer(value: object) -> int | None:

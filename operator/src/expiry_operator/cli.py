@@ -30,31 +30,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return _inject(args)
     except ConfigError as e:
-        print(f"expiry-operator: {e}", file=sys.stderr)
+        _say(str(e))
         return EXIT_ERROR
 
 
 def _inject(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     try:
-        text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text(encoding="utf-8")
-        documents = load_documents(text)
+        data = sys.stdin.buffer.read() if args.filename == "-" else Path(args.filename).read_bytes()
+        documents = load_documents(data)
         injected = inject_documents(
             documents,
             settings.sidecar,
             native_sidecars_supported=supports_native_sidecars(args.kubernetes_version),
         )
     except OSError as e:
-        print(f"expiry-operator: cannot read {args.filename}: {e.strerror or e}", file=sys.stderr)
+        _say(f"cannot read {args.filename}: {e.strerror or e}")
         return EXIT_ERROR
     except ManifestError as e:
-        print(f"expiry-operator: {args.filename}: {e}", file=sys.stderr)
+        _say(f"{args.filename}: {e}")
         return EXIT_ERROR
     except WouldDeny as e:
-        print(f"expiry-operator: admission would deny {e}", file=sys.stderr)
+        _say(f"admission would deny {e}")
         return EXIT_DENIED
     sys.stdout.write(render(injected, args.output))
     return 0
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the manifest's names hold (a newline in a pod's name, ...)."""
+    print("expiry-operator:", " ".join(message.split()), file=sys.stderr)
 
 
 def _version(text: str) -> tuple[int, int]:

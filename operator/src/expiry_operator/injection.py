@@ -30,6 +30,7 @@ from expiry_operator.options import (
 from expiry_operator.profiles import profile_for
 from expiry_operator.quantities import QuantityError, parse_quantity
 from expiry_operator.settings import SidecarSettings
+from expiry_operator.shape import pod_problem
 from expiry_operator.sidecar_spec import Identity, SidecarPlan, sidecar_container
 
 Pod = dict[str, Any]
@@ -82,6 +83,9 @@ class _Deny(Exception):
 
 def admit(pod: Mapping[str, Any], settings: SidecarSettings, *, native_sidecars_supported: bool) -> Outcome:
     """Decide what admission makes of ``pod``: inject it, leave it alone, or deny it."""
+    problem = pod_problem(pod)
+    if problem is not None:
+        return Denied(f"expiry: not a pod: {problem}", BAD_REQUEST)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     enabled = opt_in(annotations)
     if enabled is OptIn.INVALID:
@@ -108,7 +112,6 @@ def _patch(
     native_ok: bool,
 ) -> JsonPatch:
     spec = pod.get("spec") or {}
-    _check_shape(spec)
     _check_process_namespace(spec)
     if recorded is None:
         return _injection(pod, settings, options, native_ok)
@@ -213,20 +216,6 @@ def _put(ops: JsonPatch, path: str, owner: Mapping[str, Any], field: str, entrie
         )
     else:
         ops.append({"op": "add", "path": f"{path}/{field}", "value": entries})
-
-
-def _check_shape(spec: Mapping[str, Any]) -> None:
-    """Reject what is not a pod at all (the API server never sends one; a CLI user might)."""
-    for field in ("containers", "initContainers", "volumes"):
-        items = spec.get(field) or []
-        if not isinstance(items, list) or not all(
-            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
-        ):
-            raise _Deny(f"spec.{field} must be a list of objects with a name", BAD_REQUEST)
-    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-        for field in ("env", "volumeMounts", "ports"):
-            if not isinstance(container.get(field) or [], list):
-                raise _Deny(f"container {container['name']}: {field} must be a list", BAD_REQUEST)
 
 
 def _check_process_namespace(spec: Mapping[str, Any]) -> None:

@@ -163,9 +163,11 @@ def _positive(key: str, value: str) -> float:
 
 
 def _whole(key: str, value: str) -> int:
-    if not value.strip().isdigit() or int(value) < 1:
-        raise _bad(key, value, "a whole number >= 1, e.g. '20'")
-    return int(value)
+    text = value.strip()
+    # isdigit() alone takes "³" (int() refuses it) and any number of digits (int() refuses 4,301)
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or int(text) < 1:
+        raise _bad(key, value, "a whole number >= 1, e.g. '20' (at most 9 digits)")
+    return int(text)
 
 
 def _quantity(key: str, value: str) -> str:

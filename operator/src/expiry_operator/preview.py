@@ -21,12 +21,18 @@ class WouldDeny(Exception):
     """Admission would refuse one of the pods; the message is the one-line reason."""
 
 
-def load_documents(text: str) -> list[dict[str, Any]]:
+def load_documents(data: bytes) -> list[dict[str, Any]]:
     """The objects of a (multi-document) YAML or JSON file; a ``kind: List`` is expanded."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as e:
         raise ManifestError(f"not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ManifestError("nested too deeply to be a Kubernetes object") from None
     objects: list[dict[str, Any]] = []
     for index, document in enumerate(documents):
         if not isinstance(document, dict):

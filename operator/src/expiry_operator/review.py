@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from expiry_operator.shape import MAX_DEPTH, object_problem, pod_problem, too_deep
+
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
 
@@ -11,6 +13,9 @@ def review_problem(review: Any) -> str | None:
     """What makes ``review`` unusable as an AdmissionReview request, or None if it is fine."""
     if not isinstance(review, dict):
         return f"expected an AdmissionReview object, got a JSON {type(review).__name__}"
+    deep = too_deep(review, MAX_DEPTH + 3)  # the pod sits 2 levels down: request.object
+    if deep is not None:
+        return deep
     if review.get("kind") != "AdmissionReview" or review.get("apiVersion") not in API_VERSIONS:
         return f"expected kind AdmissionReview with apiVersion {' or '.join(API_VERSIONS)}"
     request = review.get("request")
@@ -28,6 +33,13 @@ def review_problem(review: Any) -> str | None:
     new, old = request.get("object"), request.get("oldObject")
     if not isinstance(new, dict) and not isinstance(old, dict):
         return "request.object (or oldObject) is missing or not an object"
+    shape_problem = pod_problem if resource["resource"] == "pods" else object_problem
+    for key, value in (("object", new), ("oldObject", old)):
+        if value is not None and not isinstance(value, dict):
+            return f"request.{key} must be an object or null"
+        problem = None if value is None else shape_problem(value)
+        if problem is not None:  # kopf reads the object before any handler: it must be readable
+            return f"request.{key}: {problem}"
     return None
 
 

@@ -53,13 +53,13 @@ def number(value: object) -> float | None:
     """A number, or a string of one (what ``helm --set key=2.5`` passes); None otherwise."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
             return float(value.strip())
-        except ValueError:
-            return None
+    except (ValueError, OverflowError):  # "abc", 10**400
+        return None
     return None
 
 
@@ -168,8 +168,12 @@ def load_settings(path: str | Path | None) -> Settings:
         document = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     return settings_from_dict({} if document is None else document, source=str(path))
 
 

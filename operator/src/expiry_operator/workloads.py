@@ -50,25 +50,33 @@ class PodSlot:
 
 
 def pod_slots(manifest: dict[str, Any]) -> Iterator[PodSlot]:
+    """The pods of ``manifest``; what is not where a pod template belongs (of any type) is no slot."""
     kind = manifest.get("kind")
-    name = f"{kind}/{(manifest.get('metadata') or {}).get('name', '')}"
+    name = f"{kind}/{_at(manifest, 'metadata', 'name') or ''}"
     if kind == "Pod":
         yield PodSlot(where=name, holder=manifest, key=None)
     for path in _TEMPLATE_PATHS.get(str(kind), ()):
         yield from _slot_at(manifest, path, name)
     if kind == "PyTorchJob":  # Kubeflow training-operator: one template per replica type
-        replicas = (manifest.get("spec") or {}).get("pytorchReplicaSpecs") or {}
-        for replica in sorted(replicas):
+        replicas = _at(manifest, "spec", "pytorchReplicaSpecs")
+        for replica in sorted(replicas, key=str) if isinstance(replicas, dict) else ():
             yield from _slot_at(manifest, ("spec", "pytorchReplicaSpecs", replica, "template"), name)
     if kind == "JobSet":  # jobset.x-k8s.io: each replicated job holds a Job template
-        for index, job in enumerate((manifest.get("spec") or {}).get("replicatedJobs") or []):
+        jobs = _at(manifest, "spec", "replicatedJobs")
+        for index, job in enumerate(jobs if isinstance(jobs, list) else ()):
             yield from _slot_at(job, ("template", "spec", "template"), f"{name} spec.replicatedJobs[{index}]")
 
 
-def _slot_at(root: dict[str, Any], path: tuple[str, ...], name: str) -> Iterator[PodSlot]:
-    holder: Any = root
-    for key in path[:-1]:
-        holder = holder.get(key) if isinstance(holder, dict) else None
-    template = holder.get(path[-1]) if isinstance(holder, dict) else None
+def _at(root: object, *path: str) -> Any:
+    """``root[path[0]][path[1]]...``, or None where the path leaves the objects."""
+    value: Any = root
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _slot_at(root: object, path: tuple[str, ...], name: str) -> Iterator[PodSlot]:
+    holder = _at(root, *path[:-1])
+    template = _at(holder, path[-1])
     if isinstance(template, dict) and isinstance(template.get("spec"), dict):
         yield PodSlot(where=f"{name} {'.'.join(path)}", holder=holder, key=path[-1])

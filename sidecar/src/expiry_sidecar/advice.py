@@ -8,7 +8,9 @@ today and with the suggestion.
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,11 +51,69 @@ def _scope(policy: Policy, stats: ScopeStats, learns: bool = True) -> dict[str, 
     }
 
 
+class DocumentError(ValueError):
+    """What came back is not a sidecar's ``/blocks`` document; the message names the field."""
+
+
 def fetch(url: str, timeout: float = 10.0) -> dict[str, Any]:
-    """The document a running sidecar serves at ``url`` (its base, e.g. ``http://10.0.0.7:9402``)."""
-    with urllib.request.urlopen(url.rstrip("/") + "/blocks", timeout=timeout) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
+    """The document a running sidecar serves at ``url`` (its base, e.g. ``http://10.0.0.7:9402``).
+
+    OSError when it cannot be reached; DocumentError when the answer is not a ``/blocks`` document.
+    """
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/blocks", timeout=timeout) as response:
+            data = json.load(response)
+    except (ValueError, RecursionError, http.client.HTTPException) as exc:  # bad URL, body, or reply
+        raise DocumentError(" ".join(str(exc).split()) or type(exc).__name__) from None
+    check_document(data)
+    checked: dict[str, Any] = data
+    return checked
+
+
+_NUMBER = (int, float)
+
+
+def check_document(doc: object) -> None:
+    """Raise DocumentError naming the first field of ``doc`` that :func:`render` could not use."""
+    _check(doc, dict, "the document")
+    assert isinstance(doc, dict)
+    policy = doc.get("policy")
+    _check(policy, dict, "policy")
+    assert isinstance(policy, dict)
+    _check(policy.get("deadlines"), str, "policy.deadlines")
+    for key in ("adaptive_factor", "adaptive_floor"):
+        _check(policy.get(key), _NUMBER, f"policy.{key}", positive=True)
+    _check(policy.get("adaptive_min_samples"), int, "policy.adaptive_min_samples", positive=True)
+    _check(doc.get("max_scopes"), int, "max_scopes")
+    if doc.get("blocks_over_adaptive_deadline") is not None:
+        _check(doc["blocks_over_adaptive_deadline"], int, "blocks_over_adaptive_deadline")
+    scopes = doc.get("scopes")
+    _check(scopes, list, "scopes")
+    assert isinstance(scopes, list)
+    for index, entry in enumerate([*scopes, doc.get("pooled")]):
+        where = "pooled" if index == len(scopes) else f"scopes[{index}]"
+        _check(entry, dict, where)
+        assert isinstance(entry, dict)
+        if index < len(scopes):
+            _check(entry.get("scope"), str, f"{where}.scope")
+        _check(entry.get("blocks"), int, f"{where}.blocks")
+        for key in ("p50", "p99", "longest", "requested"):
+            _check(entry.get(key), _NUMBER, f"{where}.{key}")
+
+
+def _check(value: object, types: type | tuple[type, ...], where: str, *, positive: bool = False) -> None:
+    kinds = types if isinstance(types, tuple) else (types,)
+    expected = " or ".join(kind.__name__ for kind in kinds)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise DocumentError(f"{where} must be {expected}, got {type(value).__name__}")
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not (math.isfinite(number) and number >= 0 and (number > 0 or not positive)):
+            bound = "> 0" if positive else ">= 0"
+            raise DocumentError(f"{where} must be a finite number {bound}, got {str(value)[:40]}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +177,7 @@ def render(rows: list[Advice], policy: Policy, doc: dict[str, Any]) -> Iterator[
     if pooled:
         first = doc["max_scopes"]
         yield f"{pooled:,} blocks of scopes beyond the first {first} were pooled: no advice for them"
-    over = doc["blocks_over_adaptive_deadline"]
+    over = doc.get("blocks_over_adaptive_deadline")  # None: not known (read from a state file)
     if over is not None:
         yield f"blocks that finished after running past their adaptive deadline: {over:,}"
 

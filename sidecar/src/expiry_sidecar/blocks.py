@@ -172,13 +172,13 @@ class ScopeStats:
             if not (0 <= index <= BUCKETS and isinstance(n, int) and n > 0):
                 raise ValueError(f"bad bucket {key!r}: {n!r}")
             buckets[index] = n
-        if (
-            count < 0
-            or sum(buckets) != count
-            or not all(math.isfinite(x) and x >= 0 for x in (longest, total, requested))
-        ):
+        try:
+            times = (float(longest), float(total), float(requested))
+        except OverflowError:
+            raise ValueError("scope statistics out of range") from None
+        if count < 0 or sum(buckets) != count or not all(math.isfinite(x) and x >= 0 for x in times):
             raise ValueError("inconsistent scope statistics")
-        return cls(count, float(longest), float(total), float(requested), buckets, killed_after)
+        return cls(count, times[0], times[1], times[2], buckets, killed_after)
 
 
 class BlockStats:

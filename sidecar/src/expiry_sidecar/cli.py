@@ -241,6 +241,9 @@ def advise_command(args: argparse.Namespace) -> int:
         except OSError as exc:
             sys.stderr.write(f"expiry-sidecar advise: cannot read {args.url}/blocks: {exc}\n")
             return 1
+        except advice.DocumentError as exc:
+            sys.stderr.write(f"expiry-sidecar advise: {args.url}/blocks is not a sidecar's /blocks: {exc}\n")
+            return 1
         own = doc["policy"]
         base = Policy(REQUESTED, own["adaptive_factor"], own["adaptive_min_samples"], own["adaptive_floor"])
     else:
@@ -264,11 +267,8 @@ def advise_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "advise":
-        return advise_command(args)
-    logs.configure(args.log_format, args.log_level)
+def options_from(args: argparse.Namespace) -> Options:
+    """What ``serve`` or ``run`` was asked for (no I/O: the fuzzers check every flag ends here)."""
     options = Options(
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
@@ -292,6 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.pod_condition = args.pod_condition
         options.deadline_profile = args.deadline_profile
         options.profile_owner = args.profile_owner
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "advise":
+        return advise_command(args)
+    logs.configure(args.log_format, args.log_level)
+    options = options_from(args)
+    if args.command == "serve":
         return Sidecar(options).serve_until_signalled()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:

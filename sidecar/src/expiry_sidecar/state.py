@@ -37,8 +37,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from signal import NSIG
 from typing import Any
 
+from expiry.wire import PID_MAX
 from expiry_sidecar.blocks import BlockStats, Learned
 from expiry_sidecar.timers import Timer, TimerBook
 
@@ -92,7 +94,7 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
         return [], []
     try:
         header = json.loads(lines[0])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StateError(f"unreadable header: {exc}") from None
     if not isinstance(header, dict) or header.get("expiry_state") != VERSION:
         raise StateError(f"not an expiry state file (version {VERSION}): {lines[0][:80]!r}")
@@ -105,6 +107,7 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
             op = json.loads(line)
             match op:
                 case ["arm", int(pid), int(start), str(scope), float() | int() as deadline, int(sig), *more]:
+                    _check_arm(pid, deadline, sig)
                     armed_at, requested = _times(more)
                     armed[(pid, scope)] = SavedTimer(
                         pid, start, scope, float(deadline), sig, armed_at, requested
@@ -118,9 +121,23 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
                         del armed[key]
                 case _:
                     raise StateError(f"line {number}: unknown entry {line[:80]!r}")
-        except ValueError as exc:
+        except StateError:
+            raise
+        except (ValueError, OverflowError) as exc:  # OverflowError: an integer too large for a float
             raise StateError(f"line {number}: {exc}") from None
+        except RecursionError:
+            raise StateError(f"line {number}: nested too deeply") from None
     return list(armed.values()), blocks
+
+
+def _check_arm(pid: int, deadline: float, sig: int) -> None:
+    """The bounds a request from the FIFO has (wire.py): a file is no way around them."""
+    if not 0 < pid <= PID_MAX:
+        raise ValueError(f"pid {pid} outside 1..{PID_MAX}")
+    if not math.isfinite(deadline):
+        raise ValueError(f"deadline {deadline} is not a finite number")
+    if not -NSIG < sig < NSIG:
+        raise ValueError(f"signal {sig} outside {1 - NSIG}..{NSIG - 1}")
 
 
 def _times(more: list[Any]) -> tuple[float, float | None]:
@@ -150,10 +167,20 @@ def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
 
 def read_blocks(path: Path) -> BlockStats:
     """The statistics a state file holds, from any boot (for the advisor); ValueError/OSError if unusable."""
-    _, entries = parse_journal(path.read_text(), None)
+    _, entries = parse_journal(journal_text(path.read_bytes()), None)
     stats = BlockStats()
     apply_blocks(entries, stats)
     return stats
+
+
+def journal_text(data: bytes) -> str:
+    """The journal's text; a torn last line may end inside a UTF-8 sequence, so only the complete
+    lines must decode (StateError otherwise)."""
+    complete = data.rfind(b"\n") + 1
+    try:
+        return data[:complete].decode() + data[complete:].decode(errors="replace")
+    except UnicodeDecodeError as exc:
+        raise StateError(f"not UTF-8 text at byte {exc.start}") from None
 
 
 def blocks_line(scopes: dict[str, Any]) -> str:
@@ -172,13 +199,13 @@ class StateFile:
     def load(self) -> list[SavedTimer]:
         """What the previous sidecar left armed; a bad file is set aside and reported."""
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             return self._set_aside(str(exc))
         try:
-            timers, self._blocks = parse_journal(text, self.boot)
+            timers, self._blocks = parse_journal(journal_text(data), self.boot)
         except StateError as exc:
             return self._set_aside(str(exc))
         return timers
