@@ -37,6 +37,7 @@ from bench.procfs import cpu_seconds, rss_bytes  # noqa: E402
 from bench.stats import median, percentile  # noqa: E402
 from tests.operator.operator_harness import kill, kill_event  # noqa: E402
 from tests.support import cluster as local_cluster  # noqa: E402
+from tests.support.hostprocs import processes  # noqa: E402
 from tests.support.kube import Kube, Obj, wait_for  # noqa: E402
 
 MIB = 1024 * 1024
@@ -69,18 +70,9 @@ def namespace(kube: Kube, prefix: str) -> str:
 def operator_processes() -> dict[str, int]:
     """Pod name -> host pid of each operator process the node runs."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"expiry-operator" in cmdline and b"run" in cmdline:
-            for var in environ:
-                if var.startswith(b"EXPIRY_POD_NAME="):
-                    found[var.split(b"=", 1)[1].decode()] = int(entry.name)
+    for pid, environ in processes(b"EXPIRY_POD_NAME=", b"expiry-operator"):
+        name = next(v for v in environ if v.startswith(b"EXPIRY_POD_NAME="))
+        found[name.split(b"=", 1)[1].decode()] = pid
     return found
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from expiry import names
 from tests.cluster.conftest import JOBS_NAMESPACE, Cluster
+from tests.support.hostprocs import pid_of
 from tests.support.kube import Obj, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,6 +161,31 @@ def test_a_hang_under_job_ignore_hangs_is_retried_and_not_counted(cluster: Clust
         delete_job(cluster, job)
 
 
+RECOVERS_THEN_OOM = [
+    "sh",
+    "-c",
+    "python -c 'from expiry import expires; import threading\n"
+    "with expires(after=2): threading.Event().wait()' || true;"  # killed by the sidecar at its deadline; the loop goes on, as torchrun restarts a worker
+    " python -c 'from expiry import expires; import time\nwith expires(after=30): time.sleep(0.2)';"
+    " sleep 3; kill -9 $$",  # a healthy block, then the container dies as an OOM kill would: 137
+]
+
+
+def test_a_recovered_hang_then_an_exit_137_counts_as_a_failure_not_a_hang(cluster: Cluster) -> None:
+    """job-ignore-hangs: the condition goes back to "False" once a successor completes a block, so the
+    later exit 137 takes the FailJob branch instead of being ignored as a hang."""
+    job = run_job(cluster, job_from_example("job-ignore-hangs.yaml", "recovered-then-oom", RECOVERS_THEN_OOM))
+    try:
+        failed = wait_for(lambda: job_condition(cluster, job, "Failed"), 120, "the Job failed")
+        assert failed["reason"] == "PodFailurePolicy", failed
+        [pod] = pods_of(cluster, job)
+        assert trainer_exit(pod) == 128 + signal.SIGKILL
+        hung = condition(pod, "expiry.io/WorkerHung")
+        assert hung is not None and hung["status"] == "False" and hung["reason"] == "WorkersRecovered", hung
+    finally:
+        delete_job(cluster, job)
+
+
 def trainer_running(pod: Obj) -> bool:
     return any(
         s["name"] == "trainer" and "running" in s.get("state", {})
@@ -169,17 +195,7 @@ def trainer_running(pod: Obj) -> bool:
 
 def trainer_pid(pod_name: str) -> int | None:
     """The host pid of the pod's trainer: the process whose HOSTNAME is the pod's and runs the sleeper."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"HOSTNAME={pod_name}".encode() in environ and b"time.sleep(3600)" in cmdline:
-            return int(entry.name)
-    return None
+    return pid_of(f"HOSTNAME={pod_name}".encode(), b"time.sleep(3600)")
 
 
 __all__: list[Any] = []

@@ -9,10 +9,10 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
+from tests.support.hostprocs import pid_of
 from tests.support.kube import ApiError, Obj, wait_for
 
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/expiry"
@@ -21,17 +21,7 @@ LEASE_DURATION = 15.0  # the operator's default (leadership.LeaseTiming)
 
 
 def operator_pid(pod_name: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if f"EXPIRY_POD_NAME={pod_name}".encode() in environ and b"expiry-operator" in cmdline:
-            return int(entry.name)
-    return None
+    return pid_of(f"EXPIRY_POD_NAME={pod_name}".encode(), b"expiry-operator")
 
 
 def holder(cluster: Cluster) -> str:
