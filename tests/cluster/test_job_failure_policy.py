@@ -161,13 +161,15 @@ def test_a_hang_under_job_ignore_hangs_is_retried_and_not_counted(cluster: Clust
         delete_job(cluster, job)
 
 
+# The first worker hangs and is killed by the sidecar at its deadline; the shell goes on, as torchrun
+# restarts a worker; the successor completes a block; then the container dies as an OOM kill would: 137.
 RECOVERS_THEN_OOM = [
     "sh",
     "-c",
     "python -c 'from expiry import expires; import threading\n"
-    "with expires(after=2): threading.Event().wait()' || true;"  # killed by the sidecar at its deadline; the loop goes on, as torchrun restarts a worker
+    "with expires(after=2): threading.Event().wait()' || true;"
     " python -c 'from expiry import expires; import time\nwith expires(after=30): time.sleep(0.2)';"
-    " sleep 3; kill -9 $$",  # a healthy block, then the container dies as an OOM kill would: 137
+    " sleep 3; kill -9 $$",
 ]
 
 
