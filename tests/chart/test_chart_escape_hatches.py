@@ -20,6 +20,10 @@ import yaml
 from expiry import names
 from tests.operator.pod_corpus import pod, trainer
 
+TAG = yaml.safe_load((Path(__file__).resolve().parents[2] / "charts/expiry/Chart.yaml").read_text())[
+    "appVersion"
+]
+
 if TYPE_CHECKING:
     from tests.chart.conftest import Helm, Rendered
 
@@ -92,7 +96,7 @@ def test_global_image_registry_replaces_the_registry_of_both_images(
             "operator": {"image": {"digest": "sha256:" + "ab" * 32}},
         }
     )
-    assert operator_config(rendered)["sidecar"]["image"] == f"{mirrored}:0.1.0"
+    assert operator_config(rendered)["sidecar"]["image"] == f"{mirrored}:{TAG}"
     assert operator_container(rendered)["image"] == (
         "registry.example.com/mirror/expiry-io/expiry-operator@sha256:" + "ab" * 32
     )
@@ -106,8 +110,8 @@ def test_global_image_registry_replaces_the_registry_of_both_images(
 
 def test_without_a_global_registry_the_images_are_as_written(helm: Helm) -> None:
     rendered = helm.render()
-    assert operator_config(rendered)["sidecar"]["image"] == "ghcr.io/expiry-io/expiry-sidecar:0.1.0"
-    assert operator_container(rendered)["image"] == "ghcr.io/expiry-io/expiry-operator:0.1.0"
+    assert operator_config(rendered)["sidecar"]["image"] == f"ghcr.io/expiry-io/expiry-sidecar:{TAG}"
+    assert operator_container(rendered)["image"] == f"ghcr.io/expiry-io/expiry-operator:{TAG}"
 
 
 def test_sidecar_extra_env_reaches_the_injected_sidecar(hatches: Rendered, tmp_path: Path) -> None:
@@ -130,7 +134,7 @@ def test_sidecar_extra_env_reaches_the_injected_sidecar(hatches: Rendered, tmp_p
         if c["name"] == names.SIDECAR_CONTAINER
     )
     assert {"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"} in sidecar["env"]
-    assert sidecar["image"] == "registry.example.com/mirror/expiry-io/expiry-sidecar:0.1.0"
+    assert sidecar["image"] == f"registry.example.com/mirror/expiry-io/expiry-sidecar:{TAG}"
     trainers = [c for c in injected["spec"]["containers"] if c["name"] == "trainer"]
     assert all("HTTPS_PROXY" not in {e["name"] for e in c.get("env", [])} for c in trainers)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,11 +30,8 @@ JOBS_NAMESPACE = "ml"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.path).parents:
-            item.add_marker(pytest.mark.xdist_group("cluster"))
-    # The quickstart uninstalls the session's release to install the chart as the page says: last.
+    # The quickstart uninstalls the session's release to install the chart as the page says (and puts
+    # it back after): last, so the others do not wait for that.
     items.sort(key=lambda item: Path(item.path).name == "test_quickstart.py")
 
 
@@ -62,6 +60,17 @@ class Cluster:
 
     def ready_operator_pods(self) -> list[Obj]:
         return [p for p in self.operator_pods() if _ready(p) and not p["metadata"].get("deletionTimestamp")]
+
+    def settled_metric(self, name: str, **labels: str) -> float:
+        """``operator_metric`` once two reads 0.5 s apart agree (a counter is raised as an answer is
+        sent, so a read right after a request may come before the last increment)."""
+        last = self.operator_metric(name, **labels)
+        while True:
+            time.sleep(0.5)
+            now = self.operator_metric(name, **labels)
+            if now == last:
+                return now
+            last = now
 
     def operator_metric(self, name: str, **labels: str) -> float:
         """The sum over every ready operator pod of one sample, scraped over HTTP at the pod's address."""
@@ -93,14 +102,20 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def kubeconfig(cluster: Cluster) -> Path:
-    """The cluster as a first-time user finds it: without the session's release and namespace."""
+def kubeconfig(cluster: Cluster) -> Iterator[Path]:
+    """The cluster as a first-time user finds it: without the session's release and namespace (both
+    are put back afterwards)."""
+    local_cluster.helm(cluster.kubeconfig, "uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait")
+    gone = f"/api/v1/namespaces/{JOBS_NAMESPACE}"
+    with contextlib.suppress(ApiError):
+        cluster.kube.delete(gone)
+    wait_for(lambda: not cluster.kube.exists(gone), 120, "namespace ml gone")
+    yield cluster.kubeconfig
     local_cluster.helm(cluster.kubeconfig, "uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait")
     with contextlib.suppress(ApiError):
-        cluster.kube.delete(f"/api/v1/namespaces/{JOBS_NAMESPACE}")
-    gone = f"/api/v1/namespaces/{JOBS_NAMESPACE}"
+        cluster.kube.delete(gone)
     wait_for(lambda: not cluster.kube.exists(gone), 120, "namespace ml gone")
-    return cluster.kubeconfig
+    local_cluster.install_release(cluster.kube, cluster.kubeconfig, [])
 
 
 def restricted_pod(

@@ -146,6 +146,17 @@ def helm(admin: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
+def install_release(kube: Kube, admin: Path, chart_values: list[str]) -> None:
+    """The namespace "ml" (restricted Pod Security), then the chart with CHART_VALUES."""
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": DEMO_NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    }
+    kube.create("/api/v1/namespaces", namespace)
+    install(admin, [*CHART_VALUES, *chart_values])
+
+
 def install(admin: Path, values: list[str]) -> None:
     say("helm install expiry charts/expiry ...")
     sets = [arg for value in values for arg in ("--set", value)]
