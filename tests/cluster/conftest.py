@@ -1,6 +1,6 @@
-"""The real control plane under tests/cluster: one per test session (tests/support/cluster.py), shared by
-every test here; all of them run in one xdist worker (group "cluster"). CI fails, never skips, when the
-cluster cannot start: ``up`` raises with the failing component's log."""
+"""The real control plane under tests/cluster: one per test run (tests/support/cluster.py), shared by
+every test here and the xdist workers, one test at a time. CI fails, never skips, when the cluster
+cannot start: ``up`` raises with the failing component's log."""
 
 from __future__ import annotations
 
@@ -92,13 +92,23 @@ def _ready(pod: Obj) -> bool:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    started_here = not local_cluster.is_up()
-    kubeconfig = local_cluster.up()
+    """The one cluster of the test run, shared by the xdist workers: started by the first that needs
+    it, stopped by the last to finish with it (unless it ran before the tests: then left running)."""
+    kubeconfig = local_cluster.up(owner="pytest")
+    local_cluster.join(+1)
     kube = Kube.from_kubeconfig(kubeconfig)
     wait_for(lambda: len(Cluster(kubeconfig, kube).ready_operator_pods()) >= 1, 120, "a ready operator pod")
     yield Cluster(kubeconfig, kube)
-    if started_here:
-        local_cluster.down()
+    if local_cluster.join(-1) == 0:
+        local_cluster.down(only_owner="pytest")
+
+
+@pytest.fixture(autouse=True)
+def one_at_a_time(cluster: Cluster) -> Iterator[None]:
+    """Cluster tests run one at a time across workers (xdist's loadgroup does not group them under this
+    pytest): a rolling restart or the quickstart's reinstall would disturb another's admissions."""
+    with local_cluster.exclusive("tests"):
+        yield
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
 from tests.support.kube import ApiError
 
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
-
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 

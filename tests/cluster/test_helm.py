@@ -9,15 +9,12 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import pytest
 import yaml
 
 from expiry import names
 from tests.cluster.conftest import Cluster, restricted_pod
 from tests.support import cluster as local_cluster
 from tests.support.kube import wait_for
-
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_CHART_COMMIT = "ece828b"  # the chart as first released (the 0.1.0 that landed on 2026-11-25)

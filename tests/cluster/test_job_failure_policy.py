@@ -12,15 +12,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from expiry import names
 from tests.cluster.conftest import JOBS_NAMESPACE, Cluster
 from tests.support.hostprocs import pid_of
 from tests.support.kube import Obj, wait_for
-
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples/failure-policies"

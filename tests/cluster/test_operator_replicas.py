@@ -10,14 +10,10 @@ import signal
 import threading
 import time
 
-import pytest
-
 from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
 from tests.support.hostprocs import pid_of
 from tests.support.kube import ApiError, Obj, wait_for
-
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
 
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/expiry"
 DEPLOYMENT = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/expiry"

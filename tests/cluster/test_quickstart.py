@@ -12,10 +12,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
-
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "quickstart.md"
 BLOCK = re.compile(r"^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL)

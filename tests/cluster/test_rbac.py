@@ -11,8 +11,6 @@ import pytest
 from tests.cluster.conftest import JOBS_NAMESPACE, NAMESPACE, Cluster
 from tests.support.kube import ApiError
 
-pytestmark = pytest.mark.xdist_group("cluster")  # one cluster, one worker
-
 OPERATOR = f"system:serviceaccount:{NAMESPACE}:expiry"
 SIDECAR = f"system:serviceaccount:{JOBS_NAMESPACE}:default"
 OTHER_SIDECAR = "system:serviceaccount:default:default"  # a namespace without the chart's bindings

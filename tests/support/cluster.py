@@ -67,11 +67,33 @@ def kubeconfig(state: Path = STATE) -> Path:
     return state / "kubeconfig"
 
 
-def up(state: Path = STATE, *, chart_values: list[str] = ()) -> Path:  # type: ignore[assignment]
+@contextlib.contextmanager
+def exclusive(name: str, state: Path = STATE) -> Iterator[None]:
+    """A lock of its own (not the up/down one), held across processes."""
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / f".lock-{name}").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def join(delta: int, state: Path = STATE) -> int:
+    """Count the test processes using the cluster; the count after the change."""
+    with locked(state):
+        users = state / "users"
+        count = max(int(users.read_text() or 0) if users.is_file() else 0, 0) + delta
+        users.write_text(str(count))
+        return count
+
+
+def up(state: Path = STATE, *, chart_values: list[str] = (), owner: str = "") -> Path:  # type: ignore[assignment]
+    """Start the cluster unless it runs; ``owner`` is written down, so only that owner's ``down``
+    stops it (the tests never stop a cluster someone started by hand)."""
     with locked(state):
         if is_up(state):
             return kubeconfig(state)
         _down(state)
+        (state / "users").write_text("0")
+        (state / "owner").write_text(owner)
         started = time.monotonic()
         binaries = controlplane.build(say)
         nodenet.bridge_up()
@@ -185,8 +207,11 @@ def _down(state: Path) -> list[str]:
     return stopped
 
 
-def down(state: Path = STATE) -> list[str]:
+def down(state: Path = STATE, *, only_owner: str | None = None) -> list[str]:
     with locked(state):
+        owner = (state / "owner").read_text() if (state / "owner").is_file() else ""
+        if only_owner is not None and owner != only_owner:
+            return []
         return _down(state)
 
 
