@@ -115,13 +115,14 @@ def one_at_a_time(cluster: Cluster) -> Iterator[None]:
 def kubeconfig(cluster: Cluster) -> Iterator[Path]:
     """The cluster as a first-time user finds it: without the session's release and namespace (both
     are put back afterwards)."""
-    local_cluster.helm(cluster.kubeconfig, "uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait")
+    uninstall = ("uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait", "--ignore-not-found")
+    local_cluster.helm(cluster.kubeconfig, *uninstall)
     gone = f"/api/v1/namespaces/{JOBS_NAMESPACE}"
     with contextlib.suppress(ApiError):
         cluster.kube.delete(gone)
     wait_for(lambda: not cluster.kube.exists(gone), 120, "namespace ml gone")
     yield cluster.kubeconfig
-    local_cluster.helm(cluster.kubeconfig, "uninstall", local_cluster.RELEASE, "-n", NAMESPACE, "--wait")
+    local_cluster.helm(cluster.kubeconfig, *uninstall)
     with contextlib.suppress(ApiError):
         cluster.kube.delete(gone)
     wait_for(lambda: not cluster.kube.exists(gone), 120, "namespace ml gone")
