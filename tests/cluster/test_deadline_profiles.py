@@ -6,6 +6,7 @@ real garbage collector)."""
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_the_crd_takes_what_the_sidecar_writes_and_kubectl_shows_it(cluster: Clu
 
     table = subprocess.run(
         [str(KUBECTL), "get", "deadlineprofiles", "-n", namespace],
-        env={"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
         capture_output=True,
         text=True,
         check=True,
