@@ -404,7 +404,10 @@ def _wait_for_child(process: subprocess.Popen[bytes], timeout: float = 30) -> in
     while time.monotonic() < give_up:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             children = _children(process.pid)
-            if children and b"podexec.py" not in Path(f"/proc/{children[0]}/cmdline").read_bytes():
+            # The cmdline reads empty while the child is inside execve (its new memory has no arguments
+            # laid out yet): that is neither nsenter's nor podexec.py's, but not the command's either.
+            cmdline = Path(f"/proc/{children[0]}/cmdline").read_bytes() if children else b""
+            if cmdline and b"podexec.py" not in cmdline:
                 return children[0]
         if process.poll() is not None:
             raise RuntimeError(f"the container exited {process.returncode} before its command started")
