@@ -13,7 +13,7 @@ import time
 from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
 from tests.support.hostprocs import pid_of
-from tests.support.kube import ApiError, Obj, wait_for
+from tests.support.kube import STRATEGIC, ApiError, Obj, wait_for
 
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/expiry"
 DEPLOYMENT = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/expiry"
@@ -94,7 +94,7 @@ def test_a_rolling_restart_loses_no_admission(cluster: Cluster) -> None:
                     "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}
                 }
             },
-            "application/strategic-merge-patch+json",
+            STRATEGIC,
         )
 
         def rolled() -> bool:

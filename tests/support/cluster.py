@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.support import controlplane, nodenet
@@ -85,7 +85,7 @@ def join(delta: int, state: Path = STATE) -> int:
         return count
 
 
-def up(state: Path = STATE, *, chart_values: list[str] = (), owner: str = "") -> Path:  # type: ignore[assignment]
+def up(state: Path = STATE, *, chart_values: Sequence[str] = (), owner: str = "") -> Path:
     """Start the cluster unless it runs; ``owner`` is written down, so only that owner's ``down``
     stops it (the tests never stop a cluster someone started by hand)."""
     with locked(state):
@@ -168,7 +168,7 @@ def helm(admin: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
-def install_release(kube: Kube, admin: Path, chart_values: list[str]) -> None:
+def install_release(kube: Kube, admin: Path, chart_values: Sequence[str]) -> None:
     """The namespace "ml" (restricted Pod Security), then the chart with CHART_VALUES."""
     namespace = {
         "apiVersion": "v1",

@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO = Path(__file__).resolve().parents[2]
 GO_MODULE = REPO / "cluster"
@@ -194,10 +195,10 @@ class Pki:
         cn: str,
         *,
         org: str | None = None,
-        dns: list[str] = (),  # type: ignore[assignment]
-        ips: list[str] = (),
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
         server: bool = False,
-    ) -> None:  # type: ignore[assignment]
+    ) -> None:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -210,7 +211,7 @@ class Pki:
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [x509.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
                 ),
                 critical=False,
             )

@@ -41,7 +41,7 @@ from pathlib import Path
 import requests
 
 from tests.support import nodenet
-from tests.support.kube import ApiError, Kube, Obj
+from tests.support.kube import STRATEGIC, ApiError, Kube, Obj
 from tests.support.podrunner import PodRunner
 
 NODE = "expiry-node"
@@ -79,6 +79,9 @@ class RunningPod:
     stopping: bool = False
     error: str | None = None
     reported: str = ""
+    # The conditions this kubelet reported last (type -> status, lastTransitionTime): it is their only
+    # writer, so it knows when one changed without reading the pod back.
+    conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Kubelet:
@@ -157,9 +160,7 @@ class Kubelet:
                 "bootID": "",
             },
         }
-        self.kube.patch(
-            f"/api/v1/nodes/{NODE}/status", {"status": status}, "application/strategic-merge-patch+json"
-        )
+        self.kube.patch(f"/api/v1/nodes/{NODE}/status", {"status": status}, STRATEGIC)
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -457,17 +458,14 @@ class Kubelet:
         key = json.dumps([status, conditions], sort_keys=True)
         if key == running.reported and not force:
             return
-        current = self.kube.get(self.pod_path(pod)).get("status", {}).get("conditions", [])
-        mine = {c["type"] for c in conditions}
-        merged = [c for c in current if c["type"] not in mine]
         for c in conditions:
-            old = next((o for o in current if o["type"] == c["type"]), None)
-            c["lastTransitionTime"] = (
-                old["lastTransitionTime"] if old and old["status"] == c["status"] else stamp
-            )
-            merged.append(c)
-        status["conditions"] = merged
-        self.kube.patch(f"{self.pod_path(pod)}/status", {"status": status})
+            before = running.conditions.get(c["type"])
+            c["lastTransitionTime"] = before[1] if before and before[0] == c["status"] else stamp
+            running.conditions[c["type"]] = (c["status"], c["lastTransitionTime"])
+        status["conditions"] = conditions
+        # A strategic merge patch merges conditions by type: the ones other writers own (the sidecar's
+        # ExpiryWorkersHung) are kept, as the real kubelet's status manager keeps them.
+        self.kube.patch(f"{self.pod_path(pod)}/status", {"status": status}, STRATEGIC)
         running.reported = key
         if terminal and not running.finished:
             running.finished = True
