@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from expiry_sidecar.blocks import BlockStats
+from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.state import JournaledBook, StateFile, boot_id, parse
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker, raw_write, request, wait_for
@@ -196,3 +198,41 @@ def test_a_full_volume_never_stops_the_sidecar_and_the_state_catches_up(tmp_path
         assert restarted.metrics()("expiry_state_restored_timers_total") == 60
     finally:
         pod.close()
+
+
+def test_the_false_kill_budget_is_journaled_and_read_back_after_a_snapshot(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    budget = FalseKillBudget(kills=3, window=100.0)
+    book = JournaledBook(state, starttime_of=lambda pid: 1, budget=budget)
+    book.snapshot()
+    assert '"budget"' not in state.path.read_text(), "nothing counted: nothing written"
+    budget.spend(10.0)
+    book.flush()
+    budget.spend(20.0)
+    budget.spend(30.0)
+    book.flush()
+
+    def reread() -> FalseKillBudget:
+        again = StateFile(state.path)
+        again.load()
+        restored = FalseKillBudget(kills=3, window=100.0)
+        again.load_blocks(BlockStats(), restored)
+        assert again.errors == 0
+        return restored
+
+    restored = reread()
+    assert restored.exhausted and restored.spent_at == 30.0 and restored.within_window(50.0) == 3
+    book.snapshot()
+    assert reread().spent_at == 30.0, "the snapshot keeps it too"
+
+
+def test_a_malformed_budget_costs_only_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    blocks = json.dumps(["blocks", 1, {"s": [1, 0.5, 0.5, 60, {"9": 1}]}])
+    path.write_text(header() + "\n" + blocks + "\n" + json.dumps(["budget", 1, {"kills": "x"}]) + "\n")
+    state = StateFile(path)
+    state.load()
+    stats, budget = BlockStats(), FalseKillBudget()
+    state.load_blocks(stats, budget)
+    assert state.errors == 1 and not budget.counted
+    assert stats.scopes["s"].count == 1

@@ -10,12 +10,15 @@ The state file is a journal of JSON lines on the shared volume::
     ["forget", pid]
     ["blocks", 1, {scope: statistics, ...}]              learned block durations (blocks.py), by
                                                          scope; a later entry replaces a scope's
+    ["budget", 1, {"kills": [t, ...], "spent_at": t}]    the false-kill budget (budget.py), monotonic;
+                                                         the last entry rules
 
 - Appending costs one ``write()`` per loop turn, of only the net change: a scope armed and
   released within the same turn never reaches the disk. The kernel keeps what was written even if
   the process is killed the next instant; only a crash of the whole machine loses the tail, and
   that ends the pod (and its emptyDir) anyway.
-- Block statistics are written the same way: each turn, the scopes whose statistics changed.
+- Block statistics are written the same way: each turn, the scopes whose statistics changed; the
+  false-kill budget each turn it counted a kill.
   A statistics entry that does not parse (or is of another version) costs only the statistics: they
   are set aside as ``<file>.blocks-corrupt-<time>``, counted, and learned afresh; the timers stand.
 - When the journal grows past a few times the live timers it is rewritten as a snapshot: a temp
@@ -42,12 +45,14 @@ from typing import Any
 
 from expiry.wire import PID_MAX
 from expiry_sidecar.blocks import BlockStats, Learned
+from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.timers import Timer, TimerBook
 
 log = logging.getLogger("expiry.sidecar")
 
 VERSION = 1
 BLOCKS_VERSION = 1
+BUDGET_VERSION = 1
 COMPACT_FACTOR = 4
 COMPACT_SLACK = 4096
 
@@ -80,7 +85,7 @@ def parse(text: str, expected_boot: str) -> list[SavedTimer]:
 
 
 def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer], list[Any]]:
-    """The timers a journal leaves armed and its statistics entries, unchecked, in order.
+    """The timers a journal leaves armed and its statistics and budget entries, unchecked, in order.
 
     ``expected_boot`` None: accept a file from any boot (its durations are still true; the
     advisor reads them).
@@ -112,7 +117,7 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
                     armed[(pid, scope)] = SavedTimer(
                         pid, start, scope, float(deadline), sig, armed_at, requested
                     )
-                case ["blocks", *_]:
+                case ["blocks", *_] | ["budget", *_]:
                     blocks.append(op)
                 case ["release", int(pid), str(scope)]:
                     armed.pop((pid, scope), None)
@@ -152,9 +157,12 @@ def _times(more: list[Any]) -> tuple[float, float | None]:
 
 
 def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
-    """Replay statistics entries into ``stats``; ValueError when one is malformed or foreign."""
+    """Replay statistics entries into ``stats`` (budget entries aside); ValueError when one is
+    malformed or foreign."""
     for entry in entries:
         match entry:
+            case ["budget", *_]:
+                continue
             case ["blocks", int(version), dict(scopes)] if version == BLOCKS_VERSION:
                 stats.load(scopes)
             case ["blocks", int(version), *_] if version != BLOCKS_VERSION:
@@ -163,6 +171,22 @@ def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
                 )
             case _:
                 raise ValueError(f"not a statistics entry: {str(entry)[:80]!r}")
+
+
+def apply_budget(entries: list[Any], budget: FalseKillBudget) -> None:
+    """Take the last budget entry into ``budget``; ValueError when it is malformed or foreign."""
+    last = next((entry for entry in reversed(entries) if entry[:1] == ["budget"]), None)
+    match last:
+        case None:
+            return
+        case ["budget", int(version), data] if version == BUDGET_VERSION:
+            budget.load(data)
+        case _:
+            raise ValueError(f"not a budget entry this sidecar reads: {str(last)[:80]!r}")
+
+
+def budget_line(budget: FalseKillBudget) -> str:
+    return json.dumps(["budget", BUDGET_VERSION, budget.take()])
 
 
 def read_blocks(path: Path) -> BlockStats:
@@ -210,8 +234,15 @@ class StateFile:
             return self._set_aside(str(exc))
         return timers
 
-    def load_blocks(self, stats: BlockStats) -> None:
-        """Fill ``stats`` with what the loaded file had learned; bad statistics are set aside alone."""
+    def load_blocks(self, stats: BlockStats, budget: FalseKillBudget | None = None) -> None:
+        """Fill ``stats`` (and ``budget``) with what the loaded file had learned; bad statistics are set
+        aside alone; a bad budget is reported and counted afresh."""
+        if budget is not None:
+            try:
+                apply_budget(self._blocks, budget)
+            except ValueError as exc:
+                self.errors += 1
+                log.error("state file's false-kill budget unusable, counting afresh: %s", exc)
         try:
             apply_blocks(self._blocks, stats)
         except ValueError as exc:
@@ -294,14 +325,18 @@ class JournaledBook(TimerBook):
         self,
         state: StateFile,
         starttime_of: Callable[[int], int],
+        *,
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         blocks: BlockStats | None = None,
+        budget: FalseKillBudget | None = None,
     ) -> None:
         super().__init__()
         self.state = state
         self.blocks = blocks
         """Block statistics to keep in the file too (their changed scopes, each turn)."""
+        self.budget = budget
+        """The false-kill budget to keep in the file too (each turn it changed)."""
         self.starttime_of = starttime_of
         self.on_error = on_error
         self.clock = clock
@@ -318,6 +353,8 @@ class JournaledBook(TimerBook):
         if self.blocks is not None:
             self.blocks.dirty.clear()
             extra.append(blocks_line(self.blocks.export()))
+        if self.budget is not None and (self.budget.changed or self.budget.counted):
+            extra.append(budget_line(self.budget))  # only then: a pod without kills keeps older files
         self._write(lambda: self.state.rewrite(iter(self), self.starttime_of, extra))
 
     def arm(
@@ -351,7 +388,8 @@ class JournaledBook(TimerBook):
     def flush(self) -> None:
         """Write this turn's net changes; rewrite the journal as a snapshot when it grew too long."""
         changed_blocks = self.blocks is not None and bool(self.blocks.dirty)
-        if not (self._pending or self._forgotten or changed_blocks):
+        changed_budget = self.budget is not None and self.budget.changed
+        if not (self._pending or self._forgotten or changed_blocks or changed_budget):
             return
         if self._failed_at is not None:  # the journal missed changes: only a snapshot can mend it
             if self.clock() - self._failed_at >= self.RETRY_INTERVAL:
@@ -368,6 +406,8 @@ class JournaledBook(TimerBook):
                 lines.append(_arm(timer, self.starttime_of(pid)))
         if self.blocks is not None and changed_blocks:
             lines.append(blocks_line(self.blocks.take_dirty()))
+        if self.budget is not None and changed_budget:
+            lines.append(budget_line(self.budget))
         self._pending.clear()
         self._forgotten.clear()
         self._write(lambda: self.state.append(lines))
