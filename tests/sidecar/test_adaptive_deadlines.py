@@ -449,3 +449,39 @@ def test_the_false_kill_budget_survives_two_sidecar_restarts(
     survivor.expect("done 1")
     assert survivor.wait() == 0, "still suspended: the requested deadline"
     assert any(e["message"].startswith("adaptive deadlines stay suspended") for e in third.logs())
+
+
+def test_each_container_learns_its_own_blocks(pod: Pod, sidecar: StartSidecar) -> None:
+    """Two containers run the same code (one scope id): what the trainer learned (quick steps) is not
+    the evaluator's deadline. The evaluator's long block, still warming up, runs to its end; a hang in
+    the trainer is killed at the trainer's adaptive deadline. The container is read from each
+    worker's environment (EXPIRY_CONTAINER, which the operator sets per container)."""
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1")
+
+    def worker(container: str, *args: str) -> Worker:
+        return Worker(
+            pod, server.fifo, "steps", *args, "--after", "3600", env={"EXPIRY_CONTAINER": container}
+        )
+
+    learner = worker("trainer", "--count", "5", "--step", "0.005")
+    learner.expect("done 5")
+    assert learner.wait() == 0
+    server.wait_metric("expiry_requests_total", 5, kind="release")
+    evaluation = worker("evaluator", "--durations", "1.0")
+    evaluation.expect("done 1")
+    assert evaluation.wait() == 0, "the trainer's deadline is not the evaluator's"
+    hang = worker("trainer", "--count", "0", "--hang")
+    hang.expect("done 0")
+    elapsed = killed_after(hang)
+    assert kill_rule(server).startswith("adaptive: floor 0.1 s"), kill_rule(server)
+    assert elapsed < 60, "killed at the trainer's adaptive deadline, not at the requested hour"
+    learned = requests.get(f"{server.url}/blocks", timeout=5).json()["scopes"]
+    assert sorted((e["container"], e["scope"], e["blocks"]) for e in learned) == [
+        ("evaluator", "step", 1),
+        ("trainer", "step", 5),
+    ]
+    advice = subprocess.run(
+        [SIDECAR, "advise", "--url", server.url], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    rows = [line.split()[:3] for line in advice.splitlines() if line.startswith(("trainer: ", "evaluator: "))]
+    assert sorted(rows) == [["evaluator:", "step", "1"], ["trainer:", "step", "5"]], advice
