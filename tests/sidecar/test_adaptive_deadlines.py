@@ -301,7 +301,9 @@ def test_a_recurring_long_block_costs_one_kill_across_worker_and_sidecar_restart
     hang.expect("done 0")
     elapsed = killed_after(hang)
     match = RULE.fullmatch(kill_rule(second))
-    assert match and float(match[1]) == 2 and float(match[2]) >= 1.5, kill_rule(second)
+    # The longest is the evaluation's (1.5 s slept), not a 5 ms step's; timed between the arrivals at the
+    # sidecar, so an acquire read late on a loaded machine makes it a little shorter (1.49 s seen).
+    assert match and float(match[1]) == 2 and float(match[2]) >= 1.0, kill_rule(second)
     assert 2 * float(match[2]) * 0.99 <= elapsed < 2 * float(match[2]) + 3.0
 
 
