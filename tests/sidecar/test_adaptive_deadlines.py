@@ -458,7 +458,7 @@ def test_each_container_learns_its_own_blocks(pod: Pod, sidecar: StartSidecar) -
     the evaluator's deadline. The evaluator's long block, still warming up, runs to its end; a hang in
     the trainer is killed at the trainer's adaptive deadline. The container is read from each
     worker's environment (EXPIRY_CONTAINER, which the operator sets per container)."""
-    server = sidecar(*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1")
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1", "--scope-metrics")
 
     def worker(container: str, *args: str) -> Worker:
         return Worker(
@@ -482,6 +482,12 @@ def test_each_container_learns_its_own_blocks(pod: Pod, sidecar: StartSidecar) -
         ("evaluator", "step", 1),
         ("trainer", "step", 5),
     ]
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    series = [line for line in text.splitlines() if line.startswith("expiry_block_duration_seconds_count{")]
+    assert series == [
+        'expiry_block_duration_seconds_count{scope="step"} 6.0',
+        ('expiry_block_duration_seconds_count{scope="other"} 0.0'),
+    ], "one series per scope, containers summed"
     advice = subprocess.run(
         [SIDECAR, "advise", "--url", server.url], capture_output=True, text=True, timeout=30, check=True
     ).stdout
