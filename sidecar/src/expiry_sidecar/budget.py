@@ -8,7 +8,7 @@ hits them all at once. So the pod as a whole has a budget: after ``kills`` adapt
 ``window`` seconds it falls back to requested deadlines for the rest of its life (a new pod starts
 afresh) and says so once. The requested deadline still finds every true hang.
 
-What the budget has counted is kept in the state file (state.py, an entry ``["budget", 1, ...]``) with
+What the budget has counted is kept in the state file (state.py, beside the statistics) with
 its monotonic times, valid across the sidecars of one boot: a sidecar SIGKILLed and restarted keeps the
 kills of the window and a spent budget, so a restart is no way to get three more false kills.
 """

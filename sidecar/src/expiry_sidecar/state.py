@@ -10,15 +10,18 @@ The state file is a journal of JSON lines on the shared volume::
     ["forget", pid]
     ["blocks", 1, {scope: statistics, ...}]              learned block durations (blocks.py), by
                                                          scope; a later entry replaces a scope's
-    ["budget", 1, {"kills": [t, ...], "spent_at": t}]    the false-kill budget (budget.py), monotonic;
-                                                         the last entry rules
+    ["blocks", 1, {...}, {"budget": {"kills": [t, ...], "spent_at": t}}]
+                                                         and the false-kill budget (budget.py),
+                                                         monotonic; the last one rules
 
 - Appending costs one ``write()`` per loop turn, of only the net change: a scope armed and
   released within the same turn never reaches the disk. The kernel keeps what was written even if
   the process is killed the next instant; only a crash of the whole machine loses the tail, and
   that ends the pod (and its emptyDir) anyway.
 - Block statistics are written the same way: each turn, the scopes whose statistics changed; the
-  false-kill budget each turn it counted a kill.
+  false-kill budget each turn it counted a kill, as a fourth element of a statistics entry: a sidecar
+  older than it refuses that entry as statistics it cannot read (learns afresh) and keeps its timers,
+  where an entry of a new kind would make it set the whole file aside.
   A statistics entry that does not parse (or is of another version) costs only the statistics: they
   are set aside as ``<file>.blocks-corrupt-<time>``, counted, and learned afresh; the timers stand.
 - When the journal grows past a few times the live timers it is rewritten as a snapshot: a temp
@@ -52,7 +55,6 @@ log = logging.getLogger("expiry.sidecar")
 
 VERSION = 1
 BLOCKS_VERSION = 1
-BUDGET_VERSION = 1
 COMPACT_FACTOR = 4
 COMPACT_SLACK = 4096
 
@@ -85,7 +87,7 @@ def parse(text: str, expected_boot: str) -> list[SavedTimer]:
 
 
 def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer], list[Any]]:
-    """The timers a journal leaves armed and its statistics and budget entries, unchecked, in order.
+    """The timers a journal leaves armed and its statistics entries, unchecked, in order.
 
     ``expected_boot`` None: accept a file from any boot (its durations are still true; the
     advisor reads them).
@@ -117,7 +119,7 @@ def parse_journal(text: str, expected_boot: str | None) -> tuple[list[SavedTimer
                     armed[(pid, scope)] = SavedTimer(
                         pid, start, scope, float(deadline), sig, armed_at, requested
                     )
-                case ["blocks", *_] | ["budget", *_]:
+                case ["blocks", *_]:
                     blocks.append(op)
                 case ["release", int(pid), str(scope)]:
                     armed.pop((pid, scope), None)
@@ -157,13 +159,13 @@ def _times(more: list[Any]) -> tuple[float, float | None]:
 
 
 def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
-    """Replay statistics entries into ``stats`` (budget entries aside); ValueError when one is
-    malformed or foreign."""
+    """Replay statistics entries into ``stats`` (a budget beside them aside: :func:`apply_budget`);
+    ValueError when one is malformed or foreign."""
     for entry in entries:
         match entry:
-            case ["budget", *_]:
-                continue
-            case ["blocks", int(version), dict(scopes)] if version == BLOCKS_VERSION:
+            case ["blocks", int(version), dict(scopes), *more] if (
+                version == BLOCKS_VERSION and len(more) <= 1
+            ):
                 stats.load(scopes)
             case ["blocks", int(version), *_] if version != BLOCKS_VERSION:
                 raise ValueError(
@@ -174,19 +176,24 @@ def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
 
 
 def apply_budget(entries: list[Any], budget: FalseKillBudget) -> None:
-    """Take the last budget entry into ``budget``; ValueError when it is malformed or foreign."""
-    last = next((entry for entry in reversed(entries) if entry[:1] == ["budget"]), None)
-    match last:
-        case None:
-            return
-        case ["budget", int(version), data] if version == BUDGET_VERSION:
-            budget.load(data)
-        case _:
-            raise ValueError(f"not a budget entry this sidecar reads: {str(last)[:80]!r}")
+    """Take the last budget the statistics entries carry into ``budget``; ValueError when malformed."""
+    for entry in reversed(entries):
+        match entry:
+            case ["blocks", _, _, dict(extra)] if "budget" in extra:
+                budget.load(extra["budget"])
+                return
+            case ["blocks", _, _, dict()]:
+                continue
+            case ["blocks", _, _, extra]:
+                raise ValueError(f"not a budget: {str(extra)[:80]!r}")
 
 
-def budget_line(budget: FalseKillBudget) -> str:
-    return json.dumps(["budget", BUDGET_VERSION, budget.take()])
+def blocks_line(scopes: dict[str, Any], budget: FalseKillBudget | None = None) -> str:
+    """A statistics entry: the scopes given, and the false-kill budget when given."""
+    entry: list[Any] = ["blocks", BLOCKS_VERSION, scopes]
+    if budget is not None:
+        entry.append({"budget": budget.take()})
+    return json.dumps(entry)
 
 
 def read_blocks(path: Path) -> BlockStats:
@@ -205,10 +212,6 @@ def journal_text(data: bytes) -> str:
         return data[:complete].decode() + data[complete:].decode(errors="replace")
     except UnicodeDecodeError as exc:
         raise StateError(f"not UTF-8 text at byte {exc.start}") from None
-
-
-def blocks_line(scopes: dict[str, Any]) -> str:
-    return json.dumps(["blocks", BLOCKS_VERSION, scopes])
 
 
 class StateFile:
@@ -350,11 +353,14 @@ class JournaledBook(TimerBook):
         self._pending.clear()
         self._forgotten.clear()
         extra = []
+        # The budget only once it counted something: a pod without adaptive kills keeps files older
+        # sidecars read whole.
+        budget = self.budget if self.budget is not None and self.budget.counted else None
         if self.blocks is not None:
             self.blocks.dirty.clear()
-            extra.append(blocks_line(self.blocks.export()))
-        if self.budget is not None and (self.budget.changed or self.budget.counted):
-            extra.append(budget_line(self.budget))  # only then: a pod without kills keeps older files
+            extra.append(blocks_line(self.blocks.export(), budget))
+        elif budget is not None:
+            extra.append(blocks_line({}, budget))
         self._write(lambda: self.state.rewrite(iter(self), self.starttime_of, extra))
 
     def arm(
@@ -404,10 +410,9 @@ class JournaledBook(TimerBook):
                 lines.append(json.dumps(["release", pid, scope]))
             else:
                 lines.append(_arm(timer, self.starttime_of(pid)))
-        if self.blocks is not None and changed_blocks:
-            lines.append(blocks_line(self.blocks.take_dirty()))
-        if self.budget is not None and changed_budget:
-            lines.append(budget_line(self.budget))
+        if changed_blocks or changed_budget:
+            scopes = self.blocks.take_dirty() if self.blocks is not None and changed_blocks else {}
+            lines.append(blocks_line(scopes, self.budget if changed_budget else None))
         self._pending.clear()
         self._forgotten.clear()
         self._write(lambda: self.state.append(lines))
