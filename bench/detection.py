@@ -28,19 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.context import Context, Row
+from bench.replay import until_death
 from bench.traces import Block, Trace, all_traces
 from tests.support.sidecar import free_port, serve_command
 
-ROOT = Path(__file__).parent.parent
 FLOOR = 60.0
 WARM_UP = 20
 NVRX_INITIAL_TIMEOUT = 3600.0
@@ -115,35 +113,13 @@ def run(trace: Trace, rule: Rule, scale: float, workdir: Path) -> Outcome:
 def _replay(blocks: Path, hang: int, hang_requested: float, scale: float, fifo: Path) -> Outcome:
     start, false_kills = 0, 0
     while True:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "bench.replay", str(blocks), str(start)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={"TORCHELASTIC_TIMER_FILE": str(fifo), "PATH": "/usr/bin:/bin"},
-        )
-        assert worker.stdout is not None
-        last = (start, time.monotonic())
-        for line in worker.stdout:  # until the worker dies (or, given up on, is killed below)
-            index, at = line.split()
-            last = (int(index), float(at))
-            if last[0] == hang:
-                _give_up_after(worker, hang_requested + 30.0)
-        died = time.monotonic()
-        status = worker.wait()
-        if status == 0:
+        death = until_death(blocks, start, fifo, lambda index: index == hang, hang_requested + 30.0)
+        if death.status == 0:
             raise RuntimeError("the replay ended without its hang")
-        if last[0] == hang:
-            return Outcome(None if status != -9 else (died - last[1]) / scale, false_kills)
+        if death.index == hang:
+            return Outcome(None if death.status != -9 else death.seconds / scale, false_kills)
         false_kills += 1
-        start = last[0] + 1
-
-
-def _give_up_after(worker: subprocess.Popen[str], seconds: float) -> None:
-    """SIGTERM the worker if the sidecar has not killed it after ``seconds`` (it then counts as missed)."""
-    timer = threading.Timer(seconds, lambda: worker.poll() is None and worker.terminate())
-    timer.daemon = True
-    timer.start()
+        start = death.index + 1
 
 
 def _wait_ready(port: int) -> None:

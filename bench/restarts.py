@@ -26,7 +26,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.detection import FLOOR, ROOT, WARM_UP, _give_up_after, _wait_ready
+from bench.detection import FLOOR, WARM_UP, _wait_ready
+from bench.replay import until_death
 from bench.traces import JITTER, REQUESTED, STEP
 from tests.support.kubeapi import KubeApi
 from tests.support.sidecar import free_port, serve_command
@@ -121,33 +121,18 @@ def replay(blocks: list[Block], fifo: Path, workdir: Path, outcome: Outcome) -> 
     path.write_text(json.dumps([[s, None if t is None else t * SCALE, r * SCALE] for s, t, r in blocks]))
     start, kills_here = 0, 0
     while True:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "bench.replay", str(path), str(start)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={"TORCHELASTIC_TIMER_FILE": str(fifo), "PATH": "/usr/bin:/bin"},
-        )
-        assert worker.stdout is not None
-        last = (start, time.monotonic())
-        for line in worker.stdout:
-            index, at = line.split()
-            last = (int(index), float(at))
-            if blocks[last[0]][1] is None:
-                _give_up_after(worker, REQUESTED * SCALE + 30.0)
-        died = time.monotonic()
-        status = worker.wait()
-        if status == 0:
+        death = until_death(path, start, fifo, lambda i: blocks[i][1] is None, REQUESTED * SCALE + 30.0)
+        if death.status == 0:
             return
-        if blocks[last[0]][1] is None:
-            outcome.delay = (died - last[1]) / SCALE if status == -signal.SIGKILL else None
+        if blocks[death.index][1] is None:
+            outcome.delay = death.seconds / SCALE if death.status == -signal.SIGKILL else None
             return
         outcome.false_kills += 1
-        kills_here = kills_here + 1 if last[0] == start else 1
+        kills_here = kills_here + 1 if death.index == start else 1
         if kills_here >= RETRIES:
             outcome.stuck = True
             return
-        start = last[0]
+        start = death.index
 
 
 def run(pods: list[list[Block]], rule: Rule, workdir: Path) -> Outcome:

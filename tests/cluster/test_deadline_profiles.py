@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from expiry_sidecar import profile
-from expiry_sidecar.blocks import ScopeStats
+from expiry_sidecar.blocks import ScopeStats, key
 from expiry_sidecar.deadlines import Policy
 from tests.cluster.conftest import Cluster
 from tests.support.kube import ApiError, Obj, wait_for
@@ -31,7 +31,8 @@ def learned(*durations: float, requested: float = 600) -> ScopeStats:
 def sidecar_body(namespace: str, name: str, owner: profile.Owner | None) -> Obj:
     held = learned(0.05, 0.08)
     held.killed(1.2)
-    scopes = {"/app/train.py#88": learned(0.04, 0.06, 0.05), "/app/train.py#120": held}
+    # one entry of a known container, one of a worker whose container the sidecar could not read
+    scopes = {key("trainer", "/app/train.py#88"): learned(0.04, 0.06, 0.05), "/app/train.py#120": held}
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return profile.body(name, namespace, owner, scopes, Policy(), writer="train-0", now=now)
 
@@ -40,6 +41,8 @@ def test_the_crd_takes_what_the_sidecar_writes_and_kubectl_shows_it(cluster: Clu
     namespace = cluster.namespace("profiles")
     stored = cluster.kube.create(profile.path(namespace), sidecar_body(namespace, "job-train", None))
     assert stored["status"]["scopeCount"] == 2 and stored["status"]["heldScopes"] == 1
+    containers = {e["scope"]: e.get("container") for e in stored["status"]["scopes"]}
+    assert containers == {"/app/train.py#88": "trainer", "/app/train.py#120": None}
 
     table = subprocess.run(
         [str(KUBECTL), "get", "deadlineprofiles", "-n", namespace],

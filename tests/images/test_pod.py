@@ -151,6 +151,10 @@ def test_the_injected_pod_kills_its_stuck_trainer(
 
         metrics = Metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
         assert metrics("expiry_kills_total", signal="SIGKILL") == 1
+        # What it learned is the trainer container's: the sidecar, as the trainer's user without any
+        # capability, reads EXPIRY_CONTAINER (set by the operator) from the worker's environment.
+        learned = requests.get(f"http://127.0.0.1:{port}/blocks", timeout=5).json()["scopes"]
+        assert learned and {entry.get("container") for entry in learned} == {"trainer"}, learned
 
         def recorded() -> list[dict[str, Any]]:
             return api.objects(EVENTS, NAMESPACE)

@@ -142,8 +142,12 @@ def test_name_and_port_clashes_move_ours_aside() -> None:
 
 def test_a_preset_timer_variable_is_not_duplicated_nor_recorded_as_ours() -> None:
     pod = inject(INJECTED_CASES["env-preset"])
-    assert pod["spec"]["containers"][0]["env"] == [{"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH}]
-    assert json.loads(pod["metadata"]["annotations"][RECORD_ANNOTATION])["env"] == {"trainer": []}
+    assert pod["spec"]["containers"][0]["env"] == [
+        {"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH},
+        {"name": names.CONTAINER_ENV, "value": "trainer"},
+    ]
+    recorded = json.loads(pod["metadata"]["annotations"][RECORD_ANNOTATION])["env"]
+    assert recorded == {"trainer": [names.CONTAINER_ENV]}
 
 
 def test_guaranteed_pods_stay_guaranteed() -> None:
@@ -254,7 +258,10 @@ def test_null_and_empty_fields_are_filled_in() -> None:
     original["spec"]["containers"][0]["volumeMounts"] = None
     pod = inject(original, native=False)
     trainer = pod["spec"]["containers"][0]
-    assert trainer["env"] == [{"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH}]
+    assert trainer["env"] == [
+        {"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH},
+        {"name": names.CONTAINER_ENV, "value": trainer["name"]},
+    ]
     assert trainer["volumeMounts"] == [{"name": names.VOLUME_NAME, "mountPath": names.RUN_DIR}]
     assert pod["metadata"]["labels"] == {names.INJECTED_LABEL: "true"}
     assert pod["spec"]["volumes"] == [{"name": names.VOLUME_NAME, "emptyDir": {}}]
@@ -378,6 +385,7 @@ def test_a_preset_timer_variable_does_not_keep_the_dump_dir_out() -> None:
     env = inject(pod)["spec"]["containers"][0]["env"]
     assert env == [
         {"name": names.TIMER_FILE_ENV, "value": names.FIFO_PATH},
+        {"name": names.CONTAINER_ENV, "value": "trainer"},
         {"name": names.DUMP_DIR_ENV, "value": names.DUMP_DIR},
         {"name": names.FLIGHT_RECORDER_ENV, "value": str(names.FLIGHT_RECORDER_ENTRIES)},
     ]
@@ -440,7 +448,10 @@ def test_the_flight_recorder_annotation_refuses_other_values() -> None:
 def test_stack_dumps_off_in_a_parsed_config_gives_trainers_no_dump_dir() -> None:
     settings = settings_from_dict(json.loads('{"sidecar": {"stackDumps": "off"}}')).sidecar
     pod = inject(INJECTED_CASES["jobset"], settings=settings)
-    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]] == [names.TIMER_FILE_ENV]
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]] == [
+        names.TIMER_FILE_ENV,
+        names.CONTAINER_ENV,
+    ]
 
 
 @pytest.mark.parametrize("field", ["labels", "annotations"])
@@ -525,7 +536,7 @@ def test_a_container_listed_twice_is_injected_once() -> None:
     pod["spec"]["containers"][0]["env"] = [{"name": "A", "value": "1"}]
     pod["metadata"]["annotations"]["expiry.io/containers"] = "trainer,trainer"
     trainer = inject(pod)["spec"]["containers"][0]
-    assert [e["name"] for e in trainer["env"]] == ["A", names.TIMER_FILE_ENV]
+    assert [e["name"] for e in trainer["env"]] == ["A", names.TIMER_FILE_ENV, names.CONTAINER_ENV]
     assert [m["mountPath"] for m in trainer["volumeMounts"]] == ["/x", names.RUN_DIR]
 
 
@@ -542,3 +553,17 @@ def test_the_sidecar_shares_the_service_account_token_the_api_server_mounted_in_
     without = copy.deepcopy(INJECTED_CASES["jobset"])  # not admitted yet, or automount off: nothing to share
     [(_, sidecar)] = sidecars(inject(without))
     assert all(m["mountPath"] != names.SERVICE_ACCOUNT_DIR for m in sidecar["volumeMounts"])
+
+
+def test_each_trainer_is_told_its_own_container_name() -> None:
+    """The sidecar keeps learned statistics per container: it reads this from each worker's environment."""
+    pod = copy.deepcopy(INJECTED_CASES["env-preset"])
+    second = copy.deepcopy(pod["spec"]["containers"][0])
+    second["name"], second["env"] = "evaluator", []
+    pod["spec"]["containers"].append(second)
+    injected = inject(pod)
+    told = {
+        c["name"]: [e["value"] for e in c.get("env") or [] if e["name"] == names.CONTAINER_ENV]
+        for c in injected["spec"]["containers"]
+    }
+    assert told == {"trainer": ["trainer"], "evaluator": ["evaluator"]}

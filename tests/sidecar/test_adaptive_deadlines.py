@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from expiry_sidecar import cli
-from expiry_sidecar.state import read_blocks
+from expiry_sidecar.budget import FalseKillBudget
+from expiry_sidecar.state import apply_budget, parse_journal, read_blocks
 from tests.support.pod import Pod
 from tests.support.sidecar import SIDECAR, Sidecar, Worker, wait_for
 
@@ -300,7 +301,9 @@ def test_a_recurring_long_block_costs_one_kill_across_worker_and_sidecar_restart
     hang.expect("done 0")
     elapsed = killed_after(hang)
     match = RULE.fullmatch(kill_rule(second))
-    assert match and float(match[1]) == 2 and float(match[2]) >= 1.5, kill_rule(second)
+    # The longest is the evaluation's (1.5 s slept), not a 5 ms step's; timed between the arrivals at the
+    # sidecar, so an acquire read late on a loaded machine makes it a little shorter (1.49 s seen).
+    assert match and float(match[1]) == 2 and float(match[2]) >= 1.0, kill_rule(second)
     assert 2 * float(match[2]) * 0.99 <= elapsed < 2 * float(match[2]) + 3.0
 
 
@@ -394,3 +397,99 @@ def test_learned_statistics_survive_two_successive_sigkills(
     match = RULE.fullmatch(kill_rule(fourth))
     assert match and int(match[3]) == 8, kill_rule(fourth)
     assert 5 * float(match[2]) * 0.99 <= elapsed < 5 * float(match[2]) + 3.0
+
+
+def budget_in(path: Path) -> FalseKillBudget:
+    """The false-kill budget a state file holds, as a restarted sidecar reads it."""
+    budget = FalseKillBudget(kills=2)
+    apply_budget(parse_journal(path.read_text(), None)[1], budget)
+    return budget
+
+
+def test_the_false_kill_budget_survives_two_sidecar_restarts(
+    pod: Pod, sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    """Budget 2: one adaptive kill, the sidecar SIGKILLed; the restarted one counts that kill, so its
+    own first adaptive kill spends the budget; SIGKILLed again, the third sidecar starts suspended and
+    lets a slow block run to its requested deadline."""
+    state = tmp_path / "state.json"
+    args = (*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1", "--false-kill-budget", "2")
+    args += ("--state-file", str(state))
+
+    def sigkill(server: Sidecar) -> None:
+        server.signal(signal.SIGKILL)
+        server.process.wait(timeout=10)
+
+    def blocks_of(server: Sidecar, scope: str, durations: str) -> Worker:
+        return Worker(
+            pod, server.fifo, "steps", "--scope", scope, "--durations", durations, "--after", "3600"
+        )
+
+    first = sidecar(*args)
+    for scope in ("load", "step", "save"):
+        learner = blocks_of(first, scope, "0.005,0.005,0.005,0.005,0.005")
+        learner.expect("done 5")
+        assert learner.wait() == 0
+    first.wait_metric("expiry_requests_total", 15, kind="release")
+    assert blocks_of(first, "load", "1.0").wait() == -signal.SIGKILL
+    first.wait_metric("expiry_adaptive_expirations_total", 1)
+    wait_for(lambda: budget_in(state).within_window(time.monotonic()) == 1, what="the kill in the state file")
+    sigkill(first)
+
+    second = sidecar(*args)
+    assert second.metrics()("expiry_adaptive_suspended") == 0
+    assert blocks_of(second, "step", "1.0").wait() == -signal.SIGKILL
+    second.wait_metric("expiry_adaptive_suspended", 1)  # the kill before the restart counted
+    said = [e for e in second.logs() if e["message"].startswith("adaptive deadlines suspended")]
+    assert [e["kills"] for e in said] == [2]
+    wait_for(lambda: budget_in(state).exhausted, what="the spent budget in the state file")
+    sigkill(second)
+
+    third = sidecar(*args)
+    assert third.metrics()("expiry_adaptive_suspended") == 1
+    survivor = blocks_of(third, "save", "1.0")
+    survivor.expect("done 1")
+    assert survivor.wait() == 0, "still suspended: the requested deadline"
+    assert any(e["message"].startswith("adaptive deadlines stay suspended") for e in third.logs())
+
+
+def test_each_container_learns_its_own_blocks(pod: Pod, sidecar: StartSidecar) -> None:
+    """Two containers run the same code (one scope id): what the trainer learned (quick steps) is not
+    the evaluator's deadline. The evaluator's long block, still warming up, runs to its end; a hang in
+    the trainer is killed at the trainer's adaptive deadline. The container is read from each
+    worker's environment (EXPIRY_CONTAINER, which the operator sets per container)."""
+    server = sidecar(*ADAPTIVE, "--adaptive-factor", "2", "--adaptive-floor", "0.1", "--scope-metrics")
+
+    def worker(container: str, *args: str) -> Worker:
+        return Worker(
+            pod, server.fifo, "steps", *args, "--after", "3600", env={"EXPIRY_CONTAINER": container}
+        )
+
+    learner = worker("trainer", "--count", "5", "--step", "0.005")
+    learner.expect("done 5")
+    assert learner.wait() == 0
+    server.wait_metric("expiry_requests_total", 5, kind="release")
+    evaluation = worker("evaluator", "--durations", "1.0")
+    evaluation.expect("done 1")
+    assert evaluation.wait() == 0, "the trainer's deadline is not the evaluator's"
+    hang = worker("trainer", "--count", "0", "--hang")
+    hang.expect("done 0")
+    elapsed = killed_after(hang)
+    assert kill_rule(server).startswith("adaptive: floor 0.1 s"), kill_rule(server)
+    assert elapsed < 60, "killed at the trainer's adaptive deadline, not at the requested hour"
+    learned = requests.get(f"{server.url}/blocks", timeout=5).json()["scopes"]
+    assert sorted((e["container"], e["scope"], e["blocks"]) for e in learned) == [
+        ("evaluator", "step", 1),
+        ("trainer", "step", 5),
+    ]
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    series = [line for line in text.splitlines() if line.startswith("expiry_block_duration_seconds_count{")]
+    assert series == [
+        'expiry_block_duration_seconds_count{scope="step"} 6.0',
+        ('expiry_block_duration_seconds_count{scope="other"} 0.0'),
+    ], "one series per scope, containers summed"
+    advice = subprocess.run(
+        [SIDECAR, "advise", "--url", server.url], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    rows = [line.split()[:3] for line in advice.splitlines() if line.startswith(("trainer: ", "evaluator: "))]
+    assert sorted(rows) == [["evaluator:", "step", "1"], ["trainer:", "step", "5"]], advice

@@ -10,7 +10,7 @@ import pytest
 
 from expiry_sidecar import profile
 from expiry_sidecar.apiwriter import ApiError, ApiWriter, Body, PodRef
-from expiry_sidecar.blocks import BlockStats, ScopeStats
+from expiry_sidecar.blocks import BlockStats, ScopeStats, key, split
 from expiry_sidecar.deadlines import Deadlines, Policy
 from expiry_sidecar.profile_sync import ProfileSync
 
@@ -71,14 +71,16 @@ def test_the_hold_travels_and_a_longer_block_anywhere_lifts_it() -> None:
 def test_the_profile_is_bounded_whatever_the_number_of_scopes_and_pods() -> None:
     stored: dict[str, ScopeStats] = {}
     for pod in range(50):
+        container = "c" * 63 if pod % 2 else ""  # the longest container name Kubernetes allows
         delta = {
-            f"{pod}-{n}-{'x' * 400}": learned(*[0.001 * 1.3**k for k in range(n % 40)]) for n in range(40)
+            key(container, f"{pod}-{n}-{'x' * 400}"): learned(*[0.001 * 1.3**k for k in range(n % 40)])
+            for n in range(40)
         }
         stored = profile.merged(stored, delta)
     assert len(stored) == profile.MAX_SCOPES
-    assert all(len(scope) <= profile.MAX_SCOPE_LENGTH for scope in stored)
+    assert all(len(split(learned_key)[1]) <= profile.MAX_SCOPE_LENGTH for learned_key in stored)
     size = len(json.dumps(profile_object(stored)))
-    assert size < 160_000, size
+    assert size < 165_000, size
 
 
 def test_a_malformed_profile_is_refused() -> None:
@@ -171,3 +173,36 @@ def test_a_conflicting_write_is_read_again_and_nothing_is_lost_or_counted_twice(
     assert api.stored is not None
     assert profile.scopes_of(api.stored)["step"].count == 4, "2 seeded + 1 from the other pod + 1 of ours"
     assert json.loads((tmp_path / "b").read_text())["baseline"]["step"][0] == 3
+
+
+def test_containers_are_kept_apart_in_the_profile_and_read_back_as_written() -> None:
+    stored = profile.merged(
+        {},
+        {
+            key("trainer", "step"): learned(0.1, 0.1),
+            key("evaluator", "step"): learned(3.0),
+            "load": learned(0.5),  # a worker whose container the sidecar could not read
+        },
+    )
+    obj = profile_object(stored)
+    entries = {(e.get("container"), e["scope"]): e["blocks"] for e in obj["status"]["scopes"]}
+    assert entries == {("trainer", "step"): 2, ("evaluator", "step"): 1, (None, "load"): 1}
+    assert obj["status"]["scopeCount"] == 3
+    back = profile.scopes_of(obj)
+    assert {k: v.count for k, v in back.items()} == {k: v.count for k, v in stored.items()}
+    assert back[key("evaluator", "step")].longest == 3.0
+
+
+@pytest.mark.parametrize(
+    ("container", "scope"),
+    [
+        ("", "train.py#12"),
+        ("trainer", "train.py#12"),
+        ("", "odd\x1fscope"),
+        ("trainer", "odd\x1fscope"),
+        ("", ""),
+    ],
+)
+def test_a_key_splits_back_into_its_container_and_scope(container: str, scope: str) -> None:
+    assert split(key(container, scope)) == (container, scope)
+    assert (key(container, scope) == scope) == (not container and "\x1f" not in scope), "old keys stay"

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from expiry_sidecar.blocks import BlockStats
+from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.state import JournaledBook, StateFile, boot_id, parse
 from tests.support.pod import Pod
 from tests.support.sidecar import Sidecar, Worker, raw_write, request, wait_for
 
 StartSidecar = Callable[..., Sidecar]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def crash(server: Sidecar) -> None:
@@ -196,3 +204,82 @@ def test_a_full_volume_never_stops_the_sidecar_and_the_state_catches_up(tmp_path
         assert restarted.metrics()("expiry_state_restored_timers_total") == 60
     finally:
         pod.close()
+
+
+def test_the_false_kill_budget_is_journaled_and_read_back_after_a_snapshot(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    budget = FalseKillBudget(kills=3, window=100.0)
+    book = JournaledBook(state, starttime_of=lambda pid: 1, budget=budget)
+    book.snapshot()
+    assert '"budget"' not in state.path.read_text(), "nothing counted: nothing written"
+    budget.spend(10.0)
+    book.flush()
+    budget.spend(20.0)
+    budget.spend(30.0)
+    book.flush()
+
+    def reread() -> FalseKillBudget:
+        again = StateFile(state.path)
+        again.load()
+        restored = FalseKillBudget(kills=3, window=100.0)
+        again.load_blocks(BlockStats(), restored)
+        assert again.errors == 0
+        return restored
+
+    restored = reread()
+    assert restored.exhausted and restored.spent_at == 30.0 and restored.within_window(50.0) == 3
+    book.snapshot()
+    assert reread().spent_at == 30.0, "the snapshot keeps it too"
+
+
+def test_a_malformed_budget_costs_only_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    blocks = json.dumps(["blocks", 1, {"s": [1, 0.5, 0.5, 60, {"9": 1}]}])
+    budget = json.dumps(["blocks", 1, {}, {"budget": {"kills": "x"}}])
+    path.write_text(header() + "\n" + blocks + "\n" + budget + "\n")
+    state = StateFile(path)
+    state.load()
+    stats, budget = BlockStats(), FalseKillBudget()
+    state.load_blocks(stats, budget)
+    assert state.errors == 1 and not budget.counted
+    assert stats.scopes["s"].count == 1
+
+
+PREVIOUS_SIDECAR = "7a404c0fed2b02b35e11402f10a9110ec538b1f5"
+"""The last commit whose sidecar kept statistics but no false-kill budget in its state file."""
+
+
+def test_a_sidecar_older_than_the_budget_record_keeps_the_timers_and_learns_afresh(tmp_path: Path) -> None:
+    """The budget rides in a statistics entry: the previous sidecar's journal reader (from this
+    repository's history) refuses only the statistics, never the file with its armed timers."""
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{PREVIOUS_SIDECAR}:sidecar/src/expiry_sidecar/state.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "budget" not in source, "not a sidecar older than the budget record"
+    previous = types.ModuleType("previous_state")
+    sys.modules[previous.__name__] = previous  # its dataclasses look their module up
+    try:
+        exec(compile(source, "previous_state.py", "exec"), previous.__dict__)  # our own history
+    finally:
+        del sys.modules[previous.__name__]
+
+    state = StateFile(tmp_path / "state.json")
+    stats, budget = BlockStats(), FalseKillBudget()
+    book = JournaledBook(state, starttime_of=lambda pid: 7, blocks=stats, budget=budget)
+    book.snapshot()
+    book.arm(5, "step", 12.5, 9)
+    stats.record("step", 0.5, 60.0)
+    budget.spend(3.0)
+    book.flush()
+    book.snapshot()  # and the snapshot carries it too
+    book.arm(6, "eval", 20.0, 9)
+    budget.spend(4.0)
+    book.flush()
+
+    timers, entries = previous.parse_journal(state.path.read_text(), state.boot)
+    assert sorted((t.pid, t.scope_id) for t in timers) == [(5, "step"), (6, "eval")]
+    with pytest.raises(ValueError, match="not a statistics entry"):
+        previous.apply_blocks(entries, BlockStats())

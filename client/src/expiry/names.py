@@ -26,6 +26,11 @@ with stack dumps on, unless they set it, so the pre-kill dump names each worker'
 FLIGHT_RECORDER_ENTRIES: Final = 2000
 """The value the operator sets, torch 2.13's own default (docs/performance.md: ~7 us a collective)."""
 
+CONTAINER_ENV: Final = "EXPIRY_CONTAINER"
+"""Set by the operator in each trainer container to that container's name. The sidecar reads it from a
+worker's environment (``/proc/<pid>/environ``, inherited by every process the container starts) when it
+first hears from the worker, and keeps what it learns per container and scope."""
+
 POD_NAME_ENV: Final = "EXPIRY_POD_NAME"
 POD_NAMESPACE_ENV: Final = "EXPIRY_POD_NAMESPACE"
 POD_UID_ENV: Final = "EXPIRY_POD_UID"

@@ -154,7 +154,9 @@ def _injection(
     env_added, mounts_added = {}, {}
     for index, trainer in trainers:
         path = f"/spec/containers/{index}"
-        env = _missing_env(trainer, _trainer_env(options)) + _flight_recorder_env(trainer, options)
+        env = _missing_env(trainer, _trainer_env(options, trainer["name"])) + _flight_recorder_env(
+            trainer, options
+        )
         _check_no_torch_timer_server(trainer)
         _check_run_dir_free(trainer)
         _append(ops, path, trainer, "env", [{"name": name, "value": value} for name, value in env])
@@ -311,8 +313,9 @@ def _free_port(wanted: int, spec: Mapping[str, Any]) -> int:
     return port
 
 
-def _trainer_env(options: PodOptions) -> list[tuple[str, str]]:
-    env = [(names.TIMER_FILE_ENV, names.FIFO_PATH)]
+def _trainer_env(options: PodOptions, container: str) -> list[tuple[str, str]]:
+    """The FIFO, the container's own name (the sidecar keeps its statistics per container), the dumps."""
+    env = [(names.TIMER_FILE_ENV, names.FIFO_PATH), (names.CONTAINER_ENV, container)]
     if options.stack_dumps != "off":
         env.append((names.DUMP_DIR_ENV, names.DUMP_DIR))
     return env

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from expiry_sidecar.blocks import Learned, ScopeStats
+from expiry_sidecar.blocks import Learned, ScopeStats, split
 from expiry_sidecar.deadlines import Deadlines, Policy
 
 
@@ -32,9 +32,15 @@ def document(deadlines: Deadlines) -> dict[str, Any]:
         },
         "max_scopes": stats.max_scopes,
         "blocks_over_adaptive_deadline": stats.over_adaptive,
-        "scopes": [_scope(policy, stats) | {"scope": scope} for scope, stats in stats.scopes.items()],
+        "scopes": [_scope(policy, s) | _named(learned) for learned, s in stats.scopes.items()],
         "pooled": _scope(policy, stats.pooled, learns=False),
     }
+
+
+def _named(learned_key: str) -> dict[str, str]:
+    """``scope``, and ``container`` when the worker's container is known (blocks.key)."""
+    container, scope = split(learned_key)
+    return {"container": container, "scope": scope} if container else {"scope": scope}
 
 
 def _scope(policy: Policy, stats: ScopeStats, learns: bool = True) -> dict[str, Any]:
@@ -96,6 +102,7 @@ def check_document(doc: object) -> None:
         assert isinstance(entry, dict)
         if index < len(scopes):
             _check(entry.get("scope"), str, f"{where}.scope")
+            _check(entry.get("container", ""), str, f"{where}.container")
         _check(entry.get("blocks"), int, f"{where}.blocks")
         for key in ("p50", "p99", "longest", "requested"):
             _check(entry.get(key), _NUMBER, f"{where}.{key}")
@@ -119,6 +126,7 @@ def _check(value: object, types: type | tuple[type, ...], where: str, *, positiv
 @dataclass(frozen=True)
 class Advice:
     scope: str
+    """The scope id, after its container's name and a colon when that is known."""
     blocks: int
     p50: float
     p99: float
@@ -135,7 +143,7 @@ def advise(doc: dict[str, Any], policy: Policy) -> list[Advice]:
         suggested = None if limit is None else min(entry["requested"], limit)
         rows.append(
             Advice(
-                entry["scope"],
+                f"{entry['container']}: {entry['scope']}" if entry.get("container") else entry["scope"],
                 entry["blocks"],
                 entry["p50"],
                 entry["p99"],

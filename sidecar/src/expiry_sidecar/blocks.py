@@ -5,6 +5,11 @@ acquire's (both monotonic). A block that expired, was replaced by a new acquire,
 exited never completed and is not counted: only completed blocks say how long healthy work takes.
 Torch's unmodified client counts as much as expiry's, since nothing here needs the client's help.
 
+Statistics are kept per container and scope: two containers of a pod that run the same code (the same
+``file#line``) may well take different times. The worker's container comes from its environment
+(processes.Worker.container); one string, :func:`key`, names both, so the state file, the profile and
+the deadline policy keep using one key per entry.
+
 Memory is bounded twice over. Per scope: a count, the longest and total durations, and a
 histogram over fixed log-spaced buckets (``BUCKETS + 1`` counts), fine enough for p50/p99
 estimates within one bucket (19 %). Per pod: at most ``MAX_SCOPES`` scopes, in the order they first
@@ -29,6 +34,27 @@ BUCKETS = 108
 PROMETHEUS_EVERY = 8
 """Every 8th bound (powers of 4 from 1 ms) is a Prometheus ``le`` bound, so both views agree exactly."""
 MAX_SCOPES = 200
+
+
+SEPARATOR = "\x1f"
+"""Between a container's name and a scope id in a :func:`key`: a container name (an RFC 1123 label)
+never holds it, so the first one in a key is always this one."""
+
+
+def key(container: str, scope: str) -> str:
+    """The key a scope's statistics are kept under: the scope id alone when the container is not known
+    (as before containers were told apart), else ``container + SEPARATOR + scope``. A scope id of an
+    unknown container that holds the separator gets an empty container in front, so :func:`split`
+    never takes part of it for a container."""
+    if not container and SEPARATOR not in scope:
+        return scope
+    return f"{container}{SEPARATOR}{scope}"
+
+
+def split(learned_key: str) -> tuple[str, str]:
+    """``(container, scope)`` of a :func:`key` (container "" when unknown)."""
+    container, separator, scope = learned_key.partition(SEPARATOR)
+    return (container, scope) if separator else ("", learned_key)
 
 
 def upper_bound(index: int) -> float:

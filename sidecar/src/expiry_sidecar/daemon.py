@@ -190,10 +190,19 @@ class Sidecar:
         """Journal timers to ``path``, first re-arming what a previous sidecar left there."""
         state = StateFile(path)
         saved = state.load()
-        state.load_blocks(self.server.deadlines.stats)  # before the timers: they keep what was learned
+        deadlines = self.server.deadlines
+        state.load_blocks(deadlines.stats, deadlines.budget)  # before the timers: they keep what was learned
         self.server.stats.state_errors = state.errors
+        if deadlines.budget.exhausted:
+            log.warning(
+                "adaptive deadlines stay suspended: this pod spent its false-kill budget before the restart"
+            )
         book = JournaledBook(
-            state, self.server.starttime_of, on_error=self._state_error, blocks=self.server.deadlines.stats
+            state,
+            self.server.starttime_of,
+            on_error=self._state_error,
+            blocks=deadlines.stats,
+            budget=deadlines.budget,
         )
         self.server.book = book
         self.server.restore(saved)

@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from expiry_sidecar import __version__, kills
-from expiry_sidecar.blocks import PROMETHEUS_BOUNDS, BlockStats, ScopeStats
+from expiry_sidecar.blocks import PROMETHEUS_BOUNDS, BlockStats, ScopeStats, split
 from expiry_sidecar.server import KillReport, Listener, TimerServer, signal_name
 
 # no `_created` series: a sample per counter and histogram that nobody queries
@@ -148,15 +148,17 @@ def _labelled(name: str, documentation: str, label: str, counts: dict[str, int])
 
 
 def _block_durations(blocks: BlockStats, by_scope: bool) -> HistogramMetricFamily:
-    """Completed blocks' durations: the whole pod, or (``--scope-metrics``) each tracked scope and
-    the pool as ``other`` (blocks.MAX_SCOPES bounds the series as SCOPE_LABELS_MAX does)."""
+    """Completed blocks' durations: the whole pod, or (``--scope-metrics``) each tracked scope, its
+    containers summed (one series per scope id, as the expirations' ``scope`` label), and the pool as
+    ``other`` (blocks.MAX_SCOPES bounds the series as SCOPE_LABELS_MAX does)."""
     family = HistogramMetricFamily(
         "expiry_block_duration_seconds",
         "Durations of completed blocks (acquire to release)",
         labels=["scope"] if by_scope else None,
     )
     series: list[tuple[list[str], ScopeStats]] = (
-        [([scope], stats) for scope, stats in sorted(blocks.scopes.items())] + [(["other"], blocks.pooled)]
+        [([scope], stats) for scope, stats in sorted(_by_scope(blocks).items())]
+        + [(["other"], blocks.pooled)]
         if by_scope
         else [([], blocks.total())]
     )
@@ -167,6 +169,18 @@ def _block_durations(blocks: BlockStats, by_scope: bool) -> HistogramMetricFamil
         ]
         family.add_metric(labels, [*buckets, ("+Inf", float(stats.count))], stats.total)
     return family
+
+
+def _by_scope(blocks: BlockStats) -> dict[str, ScopeStats]:
+    """Each tracked scope id's statistics, its containers' merged."""
+    merged: dict[str, ScopeStats] = {}
+    for learned, stats in blocks.scopes.items():
+        scope = split(learned)[1]
+        if scope in merged:
+            merged[scope].merge(stats)
+        else:
+            merged[scope] = ScopeStats.from_json(stats.to_json())
+    return merged
 
 
 def _info(version: str) -> GaugeMetricFamily:

@@ -5,7 +5,9 @@ One profile per workload (a Job, a JobSet, a PyTorchJob...; the operator names i
 garbage collector deletes it with the workload. Its ``status.scopes`` hold, per scope, exactly what
 :class:`~expiry_sidecar.blocks.ScopeStats` keeps (count, longest, total, the longest block killed at
 an adaptive deadline, the log-spaced histogram) plus figures for people (p50, p99, the suggested
-deadline, a sentence).
+deadline, a sentence). An entry is per container and scope (``container``, omitted when the sidecar
+could not tell the worker's container; see blocks.key): the same code may take longer in one
+container than in another.
 
 Merging without double counting: each sidecar adds only what it learned since its last write (the
 :func:`difference` between its statistics and a baseline it keeps beside its state file) to the
@@ -16,8 +18,9 @@ was given is never given back.
 
 Bounded whatever the number of pods: at most ``MAX_SCOPES`` scopes (the ones with the most blocks
 stay), scope ids cut to ``MAX_SCOPE_LENGTH`` characters, and per scope at most ``BUCKETS + 1``
-histogram counts: at most ~160 KB however many pods write (a worst case of 64 scopes of 256
-characters, every bucket a 9-digit count, is 158,922 bytes of JSON), well inside etcd's limit.
+histogram counts: at most ~165 KB however many pods write (a worst case of 64 scopes of 256
+characters, every bucket a 9-digit count, is 158,922 bytes of JSON; a container name, at most 63
+characters, adds at most 80 bytes an entry: 164,042), well inside etcd's limit.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from expiry import names
-from expiry_sidecar.blocks import Learned, ScopeStats
+from expiry_sidecar.blocks import Learned, ScopeStats, key, split
 from expiry_sidecar.deadlines import Policy
 
 MAX_SCOPES = 64
@@ -103,10 +106,16 @@ def add(into: dict[str, ScopeStats], more: Mapping[str, ScopeStats]) -> None:
             into[scope] = copy(stats)
 
 
+def bounded(learned_key: str) -> str:
+    """The key with its scope id cut to MAX_SCOPE_LENGTH characters."""
+    container, scope = split(learned_key)
+    return key(container, scope[:MAX_SCOPE_LENGTH])
+
+
 def merged(existing: Mapping[str, ScopeStats], delta: Mapping[str, ScopeStats]) -> dict[str, ScopeStats]:
     """The profile's scopes after adding ``delta``, bounded to the MAX_SCOPES with the most blocks."""
     scopes = {scope: copy(stats) for scope, stats in existing.items()}
-    add(scopes, {scope[:MAX_SCOPE_LENGTH]: stats for scope, stats in delta.items()})
+    add(scopes, {bounded(scope): stats for scope, stats in delta.items()})
     kept = sorted(scopes, key=lambda scope: (-scopes[scope].count, scope))[:MAX_SCOPES]
     return {scope: scopes[scope] for scope in sorted(kept)}
 
@@ -119,10 +128,14 @@ def scopes_of(profile: Mapping[str, Any]) -> dict[str, ScopeStats]:
         raise ValueError("status.scopes is not a list")
     scopes = {}
     for entry in entries[:MAX_SCOPES]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("scope"), str):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("scope"), str)
+            or not isinstance(entry.get("container", ""), str)
+        ):
             raise ValueError(f"not a scope entry: {str(entry)[:80]!r}")
         histogram = entry.get("histogram")
-        scopes[entry["scope"][:MAX_SCOPE_LENGTH]] = ScopeStats.from_json(
+        scopes[key(entry.get("container", ""), entry["scope"][:MAX_SCOPE_LENGTH])] = ScopeStats.from_json(
             [
                 entry.get("blocks"),
                 entry.get("longestSeconds"),
@@ -135,7 +148,7 @@ def scopes_of(profile: Mapping[str, Any]) -> dict[str, ScopeStats]:
     return scopes
 
 
-def _entry(scope: str, stats: ScopeStats, policy: Policy) -> dict[str, Any]:
+def _entry(learned_key: str, stats: ScopeStats, policy: Policy) -> dict[str, Any]:
     limit = policy.limit(Learned(stats.count, stats.longest, held=stats.held))
     suggested = None if limit is None else min(stats.requested, limit)
     if stats.held:
@@ -148,7 +161,9 @@ def _entry(scope: str, stats: ScopeStats, policy: Policy) -> dict[str, Any]:
     else:
         why = f"{policy.factor:g} x {stats.longest:.3g} s longest of {stats.count} blocks"
         why += f" (floor {policy.floor:g} s)"
-    entry: dict[str, Any] = {
+    container, scope = split(learned_key)
+    entry: dict[str, Any] = {"container": container} if container else {}
+    entry |= {
         "scope": scope,
         "blocks": stats.count,
         "longestSeconds": stats.longest,

@@ -4,7 +4,8 @@ The rules, in the order a request meets them:
 
 1. The byte stream is cut into lines; each line that is not a valid version-1 request is counted
    as malformed and skipped; the lines around it are unaffected.
-2. A release disarms its (pid, scope) and its block's duration is learned (see :mod:`.deadlines`).
+2. A release disarms its (pid, scope) and its block's duration is learned (see :mod:`.deadlines`),
+   per container and scope (the worker's container: :mod:`.processes`, :func:`.blocks.key`).
    Releasing what is not armed is harmless.
 3. An acquire first attaches to its worker (see :mod:`.processes`): a request whose writer is
    already gone, or whose pid now belongs to another process, arms nothing. Its wall-clock
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from expiry.wire import MalformedRequest, Request, decode
-from expiry_sidecar import kills, processes
+from expiry_sidecar import blocks, kills, processes
 from expiry_sidecar.deadlines import Deadlines
 from expiry_sidecar.lines import LineSplitter
 from expiry_sidecar.mode import Action, Mode, on_expiry
@@ -279,7 +280,8 @@ class TimerServer:
             self.stats.releases += 1
             block = self.book.release(request.pid, request.scope_id)
             if block is not None:
-                self.deadlines.completed(block.scope_id, block.armed_at, block.requested, block.learned, mono)
+                key = _key(self.workers.get(request.pid), block.scope_id)
+                self.deadlines.completed(key, block.armed_at, block.requested, block.learned, mono)
                 for listener in self._completions:
                     listener.block_completed(request.pid, block.armed_at)
             return
@@ -290,7 +292,7 @@ class TimerServer:
         if request.dump_signal is not None:
             worker.dump_signal = request.dump_signal
         requested = mono + (request.expiration_time - wall)
-        deadline, learned = self.deadlines.arm(request.scope_id, mono, requested)
+        deadline, learned = self.deadlines.arm(_key(worker, request.scope_id), mono, requested)
         self.book.arm(
             request.pid,
             request.scope_id,
@@ -334,7 +336,7 @@ class TimerServer:
                     continue
                 self.workers[timer.pid] = worker
                 self._on_watch(worker)
-            learned = self.deadlines.learned(timer.scope_id)
+            learned = self.deadlines.learned(_key(worker, timer.scope_id))
             self.book.arm(
                 timer.pid,
                 timer.scope_id,
@@ -374,7 +376,8 @@ class TimerServer:
             if action is not None and worker not in self.killing and timer.pid not in ordered:
                 ordered.add(timer.pid)
                 self._order(worker, timer, action)
-            if self.deadlines.expired(timer.scope_id, timer.armed_at, timer.deadline, timer.requested, now):
+            key = _key(worker, timer.scope_id)
+            if self.deadlines.expired(key, timer.armed_at, timer.deadline, timer.requested, now):
                 for listener in self.listeners:
                     listener.adaptive_suspended(self.deadlines.budget.kills, self.deadlines.budget.window)
         for pid, follow_up in list(self._follow_ups.items()):
@@ -415,7 +418,9 @@ class TimerServer:
             send=action.send,
             condition=action.condition,
             escalation=timer.scope_id == ESCALATION_SCOPE,
-            rule=self.deadlines.explain(timer.scope_id, timer.armed_at, timer.requested, timer.learned),
+            rule=self.deadlines.explain(
+                _key(worker, timer.scope_id), timer.armed_at, timer.requested, timer.learned
+            ),
         )
         self.book.forget(worker.pid)
         self.killing.add(worker)
@@ -481,6 +486,11 @@ class TimerServer:
             worker = self.workers.pop(pid)
             self._on_unwatch(worker)
             worker.close()
+
+
+def _key(worker: Worker | None, scope_id: str) -> str:
+    """What the deadline policy learns ``scope_id`` under for this worker: per container and scope."""
+    return blocks.key(worker.container if worker is not None else "", scope_id)
 
 
 def signal_name(sig: int) -> str:

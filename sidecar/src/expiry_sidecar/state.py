@@ -10,12 +10,18 @@ The state file is a journal of JSON lines on the shared volume::
     ["forget", pid]
     ["blocks", 1, {scope: statistics, ...}]              learned block durations (blocks.py), by
                                                          scope; a later entry replaces a scope's
+    ["blocks", 1, {...}, {"budget": {"kills": [t, ...], "spent_at": t}}]
+                                                         and the false-kill budget (budget.py),
+                                                         monotonic; the last one rules
 
 - Appending costs one ``write()`` per loop turn, of only the net change: a scope armed and
   released within the same turn never reaches the disk. The kernel keeps what was written even if
   the process is killed the next instant; only a crash of the whole machine loses the tail, and
   that ends the pod (and its emptyDir) anyway.
-- Block statistics are written the same way: each turn, the scopes whose statistics changed.
+- Block statistics are written the same way: each turn, the scopes whose statistics changed; the
+  false-kill budget each turn it counted a kill, as a fourth element of a statistics entry: a sidecar
+  older than it refuses that entry as statistics it cannot read (learns afresh) and keeps its timers,
+  where an entry of a new kind would make it set the whole file aside.
   A statistics entry that does not parse (or is of another version) costs only the statistics: they
   are set aside as ``<file>.blocks-corrupt-<time>``, counted, and learned afresh; the timers stand.
 - When the journal grows past a few times the live timers it is rewritten as a snapshot: a temp
@@ -42,6 +48,7 @@ from typing import Any
 
 from expiry.wire import PID_MAX
 from expiry_sidecar.blocks import BlockStats, Learned
+from expiry_sidecar.budget import FalseKillBudget
 from expiry_sidecar.timers import Timer, TimerBook
 
 log = logging.getLogger("expiry.sidecar")
@@ -152,10 +159,13 @@ def _times(more: list[Any]) -> tuple[float, float | None]:
 
 
 def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
-    """Replay statistics entries into ``stats``; ValueError when one is malformed or foreign."""
+    """Replay statistics entries into ``stats`` (a budget beside them aside: :func:`apply_budget`);
+    ValueError when one is malformed or foreign."""
     for entry in entries:
         match entry:
-            case ["blocks", int(version), dict(scopes)] if version == BLOCKS_VERSION:
+            case ["blocks", int(version), dict(scopes), *more] if (
+                version == BLOCKS_VERSION and len(more) <= 1
+            ):
                 stats.load(scopes)
             case ["blocks", int(version), *_] if version != BLOCKS_VERSION:
                 raise ValueError(
@@ -163,6 +173,27 @@ def apply_blocks(entries: list[Any], stats: BlockStats) -> None:
                 )
             case _:
                 raise ValueError(f"not a statistics entry: {str(entry)[:80]!r}")
+
+
+def apply_budget(entries: list[Any], budget: FalseKillBudget) -> None:
+    """Take the last budget the statistics entries carry into ``budget``; ValueError when malformed."""
+    for entry in reversed(entries):
+        match entry:
+            case ["blocks", _, _, dict(extra)] if "budget" in extra:
+                budget.load(extra["budget"])
+                return
+            case ["blocks", _, _, dict()]:
+                continue
+            case ["blocks", _, _, extra]:
+                raise ValueError(f"not a budget: {str(extra)[:80]!r}")
+
+
+def blocks_line(scopes: dict[str, Any], budget: FalseKillBudget | None = None) -> str:
+    """A statistics entry: the scopes given, and the false-kill budget when given."""
+    entry: list[Any] = ["blocks", BLOCKS_VERSION, scopes]
+    if budget is not None:
+        entry.append({"budget": budget.take()})
+    return json.dumps(entry)
 
 
 def read_blocks(path: Path) -> BlockStats:
@@ -181,10 +212,6 @@ def journal_text(data: bytes) -> str:
         return data[:complete].decode() + data[complete:].decode(errors="replace")
     except UnicodeDecodeError as exc:
         raise StateError(f"not UTF-8 text at byte {exc.start}") from None
-
-
-def blocks_line(scopes: dict[str, Any]) -> str:
-    return json.dumps(["blocks", BLOCKS_VERSION, scopes])
 
 
 class StateFile:
@@ -210,8 +237,15 @@ class StateFile:
             return self._set_aside(str(exc))
         return timers
 
-    def load_blocks(self, stats: BlockStats) -> None:
-        """Fill ``stats`` with what the loaded file had learned; bad statistics are set aside alone."""
+    def load_blocks(self, stats: BlockStats, budget: FalseKillBudget | None = None) -> None:
+        """Fill ``stats`` (and ``budget``) with what the loaded file had learned; bad statistics are set
+        aside alone; a bad budget is reported and counted afresh."""
+        if budget is not None:
+            try:
+                apply_budget(self._blocks, budget)
+            except ValueError as exc:
+                self.errors += 1
+                log.error("state file's false-kill budget unusable, counting afresh: %s", exc)
         try:
             apply_blocks(self._blocks, stats)
         except ValueError as exc:
@@ -294,14 +328,18 @@ class JournaledBook(TimerBook):
         self,
         state: StateFile,
         starttime_of: Callable[[int], int],
+        *,
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         blocks: BlockStats | None = None,
+        budget: FalseKillBudget | None = None,
     ) -> None:
         super().__init__()
         self.state = state
         self.blocks = blocks
         """Block statistics to keep in the file too (their changed scopes, each turn)."""
+        self.budget = budget
+        """The false-kill budget to keep in the file too (each turn it changed)."""
         self.starttime_of = starttime_of
         self.on_error = on_error
         self.clock = clock
@@ -315,9 +353,14 @@ class JournaledBook(TimerBook):
         self._pending.clear()
         self._forgotten.clear()
         extra = []
+        # The budget only once it counted something: a pod without adaptive kills keeps files older
+        # sidecars read whole.
+        budget = self.budget if self.budget is not None and self.budget.counted else None
         if self.blocks is not None:
             self.blocks.dirty.clear()
-            extra.append(blocks_line(self.blocks.export()))
+            extra.append(blocks_line(self.blocks.export(), budget))
+        elif budget is not None:
+            extra.append(blocks_line({}, budget))
         self._write(lambda: self.state.rewrite(iter(self), self.starttime_of, extra))
 
     def arm(
@@ -351,7 +394,8 @@ class JournaledBook(TimerBook):
     def flush(self) -> None:
         """Write this turn's net changes; rewrite the journal as a snapshot when it grew too long."""
         changed_blocks = self.blocks is not None and bool(self.blocks.dirty)
-        if not (self._pending or self._forgotten or changed_blocks):
+        changed_budget = self.budget is not None and self.budget.changed
+        if not (self._pending or self._forgotten or changed_blocks or changed_budget):
             return
         if self._failed_at is not None:  # the journal missed changes: only a snapshot can mend it
             if self.clock() - self._failed_at >= self.RETRY_INTERVAL:
@@ -366,8 +410,9 @@ class JournaledBook(TimerBook):
                 lines.append(json.dumps(["release", pid, scope]))
             else:
                 lines.append(_arm(timer, self.starttime_of(pid)))
-        if self.blocks is not None and changed_blocks:
-            lines.append(blocks_line(self.blocks.take_dirty()))
+        if changed_blocks or changed_budget:
+            scopes = self.blocks.take_dirty() if self.blocks is not None and changed_blocks else {}
+            lines.append(blocks_line(scopes, self.budget if changed_budget else None))
         self._pending.clear()
         self._forgotten.clear()
         self._write(lambda: self.state.append(lines))
