@@ -52,7 +52,9 @@ def pods(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Torchr
     made: list[TorchrunPod] = []
     try:
         for index in range(request.param):
-            made.append(TorchrunPod(tmp_path, f"llm-worker-{index}", stack_dumps="client"))
+            made.append(
+                TorchrunPod(tmp_path, f"llm-worker-{index}", stack_dumps="client", node=f"gpu-node-{index}")
+            )
         yield made
     finally:
         for pod in made:
@@ -118,6 +120,7 @@ def entries(pod: TorchrunPod) -> list[dict[str, Any]]:
             "outcome": kill["outcome"],
             "frames": innermost_frames(stacks.get(kill["pid"], "")),
             "collective": kill["collective"],
+            "node": kill["node"],
         }
         for kill in kills
     ]
@@ -129,8 +132,8 @@ def test_one_node_the_rank_that_never_entered_the_all_reduce_is_named(pods: list
     assert hang.findings is not None, pods[0].tail()
     assert [(odd.worker.rank, odd.worker.pod) for odd in hang.findings.behind] == [(1, "llm-worker-0")]
     assert (
-        "rank 1 (pod llm-worker-0) never entered all_reduce #2 of default_pg; 1 rank waits in it."
-        in hang.message()
+        "rank 1 (pod llm-worker-0, node gpu-node-0) never entered all_reduce #2 of default_pg;"
+        " 1 rank waits in it." in hang.message()
     )
     assert hang.findings.mismatched == hang.findings.outside == ()
 
@@ -141,8 +144,8 @@ def test_two_nodes_the_rank_that_never_entered_the_all_reduce_is_named(pods: lis
     assert hang.findings is not None
     assert [(odd.worker.rank, odd.worker.pod) for odd in hang.findings.behind] == [(3, "llm-worker-1")]
     assert (
-        "rank 3 (pod llm-worker-1) never entered all_reduce #2 of default_pg; 3 ranks wait in it."
-        in hang.message()
+        "rank 3 (pod llm-worker-1, node gpu-node-1) never entered all_reduce #2 of default_pg;"
+        " 3 ranks wait in it." in hang.message()
     )
 
 
@@ -153,7 +156,7 @@ def test_a_rank_hung_in_data_loading_before_any_collective_is_outside_any_collec
     hang = run(pods, "--hang-rank", "1", "--hang-how", "data", "--hang-step", "0")
     assert hang.findings is not None
     assert [odd.worker.rank for odd in hang.findings.outside] == [1]
-    assert "rank 1 (pod llm-worker-0) is outside any collective." in hang.message()
+    assert "rank 1 (pod llm-worker-0, node gpu-node-0) is outside any collective." in hang.message()
 
 
 @pytest.mark.parametrize("pods", [1], indirect=True)
@@ -161,7 +164,10 @@ def test_a_rank_in_a_different_collective_is_a_mismatch(pods: list[TorchrunPod])
     hang = run(pods, "--hang-rank", "1", "--hang-how", "mismatch")
     assert hang.findings is not None, pods[0].tail()
     assert [odd.worker.rank for odd in hang.findings.mismatched] == [1], hang.message()
-    assert "Mismatch: rank 1 (pod llm-worker-0) is in broadcast #2 of default_pg" in hang.message()
+    assert (
+        "Mismatch: rank 1 (pod llm-worker-0, node gpu-node-0) is in broadcast #2 of default_pg"
+        in hang.message()
+    )
 
 
 @pytest.mark.parametrize("pods", [1], indirect=True)

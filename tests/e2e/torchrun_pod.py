@@ -71,11 +71,16 @@ def manifest(name: str) -> dict[str, Any]:
 
 
 class TorchrunPod:
-    def __init__(self, workdir: Path, name: str, *, stack_dumps: StackDumpMode = "off") -> None:
+    def __init__(
+        self, workdir: Path, name: str, *, stack_dumps: StackDumpMode = "off", node: str = "localhost"
+    ) -> None:
+        """``node``: the node the pod is bound to (as the scheduler would: after admission)."""
         self.name = name
+        self.node = node
         self.workdir = workdir
         self.port = free_port()
         self.spec = inject(manifest(name), SidecarSettings(metrics_port=self.port, stack_dumps=stack_dumps))
+        self.spec["spec"]["nodeName"] = node
         sidecar, trainer = container(self.spec, SIDECAR_CONTAINER), container(self.spec, "pytorch")
         self.uid: int | None = sidecar.get("securityContext", {}).get("runAsUser")
         self.pod = Pod(workdir, volumes=[RUN_DIR, CHECKPOINTS])

@@ -83,6 +83,7 @@ def check_injected(
         names.POD_NAME_ENV: "metadata.name",
         names.POD_NAMESPACE_ENV: "metadata.namespace",
         names.POD_UID_ENV: "metadata.uid",
+        names.NODE_NAME_ENV: "spec.nodeName",
     }
     port = next(p for p in sidecar["ports"] if p["name"] == names.METRICS_PORT_NAME)
     other_ports = {

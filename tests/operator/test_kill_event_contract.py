@@ -49,7 +49,7 @@ def test_the_operator_reads_every_worker_the_sidecar_writes() -> None:
         (report(42, "train.py:88", Outcome.DELIVERED, ("data.py:41 in next_batch",)), (5, 1)),
         (report(43, "train.py:90", Outcome.DELIVERED, ()), (None, None)),
     ]
-    event = burst_event(pod, burst, datetime(2026, 11, 29, 17, 20, 1, tzinfo=UTC))
+    event = burst_event(pod, burst, datetime(2026, 11, 29, 17, 20, 1, tzinfo=UTC), "gpu-node-3")
 
     parsed = parse_kill_event(event)
 
@@ -68,9 +68,10 @@ def test_the_operator_reads_every_worker_the_sidecar_writes() -> None:
             1_790_000_041.25,
             FRAMES,
             Collective("default_pg", 1042, "all_reduce", "scheduled"),
+            "gpu-node-3",
         ),
-        Kill(5, "train.py:88", 1_790_000_042.25, ("data.py:41 in next_batch",)),
-        Kill(None, "train.py:90", 1_790_000_043.25, ()),
+        Kill(5, "train.py:88", 1_790_000_042.25, ("data.py:41 in next_batch",), node="gpu-node-3"),
+        Kill(None, "train.py:90", 1_790_000_043.25, (), node="gpu-node-3"),
     )
     assert (
         parsed.time is not None

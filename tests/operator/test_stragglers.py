@@ -21,6 +21,11 @@ def ranked(rank: int, collective: dict[str, Any] | None, frames: list[str] = WAI
     return {**kill(rank, "train.py#40", frames, deadline=100.0 + rank), "collective": collective}
 
 
+def on_node(node: str | None, kills: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kills as a sidecar on ``node`` writes them (None: an older sidecar, without the key)."""
+    return [kill if node is None else {**kill, "node": node} for kill in kills]
+
+
 def at(seq: int, state: str = "started", op: str = "all_reduce", group: str = "default_pg") -> dict[str, Any]:
     return {"group": group, "seq": seq, "op": op, "state": state}
 
@@ -50,22 +55,37 @@ def test_the_kills_collective_is_read_and_a_malformed_one_is_none() -> None:
 def test_the_rank_that_never_entered_the_collective_is_named_across_pods() -> None:
     """Rank 5 completed #1041 and never entered #1042, which the 15 others wait in."""
     pods = [
-        [ranked(r, at(1042) if r != 5 else at(1041, "completed")) for r in range(p * 8, p * 8 + 8)]
+        on_node(
+            f"gpu-{p}",
+            [ranked(r, at(1042) if r != 5 else at(1041, "completed")) for r in range(p * 8, p * 8 + 8)],
+        )
         for p in (0, 1)
     ]
     message, details = told(*pods)
-    assert "rank 5 (pod p-0) never entered all_reduce #1042 of default_pg; 15 ranks wait in it." in message
+    assert (
+        "rank 5 (pod p-0, node gpu-0) never entered all_reduce #1042 of default_pg; 15 ranks wait in it."
+        in message
+    )
     assert "Odd ones out" not in message, "the collective replaces the frames in the message"
     found = details["collectives"]
     assert found["waitedIn"] == [{"group": "default_pg", "seq": 1042, "op": "all_reduce", "workers": 15}]
     assert found["behind"] == [
         {
             "pod": "p-0",
+            "node": "gpu-0",
             "rank": 5,
             "collective": {"group": "default_pg", "seq": 1041, "op": "all_reduce", "state": "completed"},
         }
     ]
     assert found["mismatched"] == found["outside"] == []
+
+
+def test_a_kill_without_a_node_names_the_pod_only() -> None:
+    """From a sidecar older than EXPIRY_NODE_NAME, or one whose pod had no node: no node is made up."""
+    message, details = told(on_node(None, [ranked(0, at(9)), ranked(1, at(8, "completed"))]))
+    assert "rank 1 (pod p-0) never entered all_reduce #9 of default_pg" in message
+    assert details["collectives"]["behind"][0]["node"] is None
+    assert details["first"] == {"pod": "p-0", "node": None, "rank": 0, "scope": "train.py#40"}
 
 
 def test_a_rank_in_another_collective_is_a_mismatch() -> None:

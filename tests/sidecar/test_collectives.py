@@ -80,6 +80,12 @@ def test_the_kill_entry_carries_the_collective_or_null() -> None:
     assert kill_entry(without, (3, 1))["collective"] is None
 
 
+def test_the_kill_entry_names_the_node_or_null() -> None:
+    report = KillReport(Worker(42, 1, None, "python t.py"), "s", signal.SIGKILL, Outcome.DELIVERED, 0.01)
+    assert kill_entry(report, (3, 1), "gpu-node-7")["node"] == "gpu-node-7"
+    assert kill_entry(report, (3, 1))["node"] is None, "no EXPIRY_NODE_NAME: null, not a guess"
+
+
 def waiting_here(done: threading.Event) -> None:
     done.wait()
 

@@ -326,6 +326,24 @@ def test_a_kill_nothing_slow_precedes_is_signalled_on_the_loop_at_once(world: Wo
     assert len(kills.jobs) == 1 and world.signals == [(10, 9)], "a slow kill ran on the loop"
 
 
+def test_the_loop_signals_every_worker_of_the_turn_before_any_bookkeeping(world: World) -> None:
+    """The daemon gives the CPU to the dying workers between the signals and their bookkeeping."""
+    seen: list[str] = []
+
+    class Books(Listener):
+        def after_kill(self, report: KillReport) -> None:
+            seen.append(f"books {report.worker.pid} after {len(world.signals)} signals")
+
+    server = world.server(listeners=[Books()], after_signals=lambda: seen.append("cpu given away"))
+    server.receive(line(10, "a", world.wall(1)) + line(11, "b", world.wall(1)))
+    world.now += 1
+    server.expire_due()
+    assert seen == ["cpu given away", "books 10 after 2 signals", "books 11 after 2 signals"]
+    assert server.stats.kills == {"SIGKILL": 2} and not server.killing
+    server.expire_due()
+    assert seen[3:] == [], "a turn without a kill gives nothing away"
+
+
 def test_a_worker_is_not_ordered_killed_again_while_its_kill_is_under_way(world: World) -> None:
     kills = Deferred()
     server = world.server(dispatch=kills, listeners=[Slow()])

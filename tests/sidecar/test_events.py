@@ -39,6 +39,7 @@ StartSidecar = Callable[..., Sidecar]
 NAMESPACE = "training"
 POD = "trainer-0"
 UID = "6d3c0b0e-1c2b-4a6e-9b55-2f1d5c3c9a10"
+NODE = "gpu-node-7"
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ def in_pod(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The downward-API variables the operator gives the sidecar (inherited by the processes started)."""
     monkeypatch.setenv("EXPIRY_POD_NAME", POD)
     monkeypatch.setenv("EXPIRY_POD_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("EXPIRY_NODE_NAME", NODE)
     for name in ("EXPIRY_POD_UID", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -158,17 +160,19 @@ def test_a_kill_is_recorded_as_a_warning_event_on_the_pod(
     assert "SIGKILL" in note
     assert "worker.py hang --after 0.2" in note
     assert repr(kill_log["scope"]) in note, "the note names the expired scope"
+    assert kill_log["node"] == NODE, "the log line names the node (EXPIRY_NODE_NAME)"
 
     # What the operator's hang report reads.
     (kill,) = kills_of(event)
     assert re.fullmatch(r"requested 0\.\d+ s", kill.pop("rule")), "the requested deadline fired (about 0.2 s)"
-    assert {k: kill[k] for k in ("pid", "rank", "local_rank", "scope", "signal", "outcome")} == {
+    assert {k: kill[k] for k in ("pid", "rank", "local_rank", "scope", "signal", "outcome", "node")} == {
         "pid": worker.pid,
         "rank": 5,
         "local_rank": 1,
         "scope": kill_log["scope"],
         "signal": "SIGKILL",
         "outcome": "delivered",
+        "node": NODE,
     }
     assert started < kill["deadline"] < time.time()
     assert kill["frames"] == [], "no dump, no frames"

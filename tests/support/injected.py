@@ -24,13 +24,17 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def resolve_env(pod: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, str]:
-    """What the kubelet would put in the environment (values and downward-API metadata fields)."""
+    """What the kubelet would put in the environment (values and downward-API metadata fields, and
+    ``spec.nodeName``: the node the pod is bound to, else this machine, ``localhost``)."""
     resolved = {}
     for var in env:
         if "value" in var:
             resolved[var["name"]] = var["value"]
+            continue
+        field = var["valueFrom"]["fieldRef"]["fieldPath"]
+        if field == "spec.nodeName":
+            resolved[var["name"]] = pod["spec"].get("nodeName") or "localhost"
         else:
-            field = var["valueFrom"]["fieldRef"]["fieldPath"]
             assert field.startswith("metadata."), field
             resolved[var["name"]] = pod["metadata"][field.removeprefix("metadata.")]
     return resolved

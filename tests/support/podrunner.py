@@ -14,11 +14,11 @@ that matters to expiry, with real kernel mechanisms, and nothing else:
   says so;
 - the process: ``command``/``args`` over the image's ENTRYPOINT/CMD, the image's env plus the
   container's (downward-API ``fieldRef`` values filled in: pod name, namespace, uid, labels,
-  annotations, ``status.podIP``), ``HOSTNAME``, ``HOME`` (from the image's passwd, else ``/``),
-  ``workingDir``; ``runAsUser``/``runAsGroup`` (pod or container level,
-  else the image's USER), ``runAsNonRoot`` refused for uid 0, supplementary groups, capabilities as
-  ``securityContext.capabilities`` leaves them (the runtime's default set otherwise), ``no_new_privs``
-  unless ``allowPrivilegeEscalation`` is true (tests/support/podexec.py);
+  annotations, ``status.podIP``, ``spec.nodeName``: the pod's own, else ``localhost``), ``HOSTNAME``,
+  ``HOME`` (from the image's passwd, else ``/``), ``workingDir``; ``runAsUser``/``runAsGroup`` (pod or
+  container level, else the image's USER), ``runAsNonRoot`` refused for uid 0, supplementary groups,
+  capabilities as ``securityContext.capabilities`` leaves them (the runtime's default set otherwise),
+  ``no_new_privs`` unless ``allowPrivilegeEscalation`` is true (tests/support/podexec.py);
 - start order: init containers one at a time; a native sidecar (an init container with
   ``restartPolicy: Always``) is started and must pass its ``startupProbe`` (httpGet) before the next
   one starts, a plain init container must exit 0; then the containers, in order, without waiting
@@ -316,7 +316,7 @@ class PodRunner:
             "metadata.uid": metadata.get("uid", ""),
             "status.podIP": self.pod_ip,
             "status.hostIP": "127.0.0.1",
-            "spec.nodeName": "localhost",
+            "spec.nodeName": self.spec.get("nodeName") or "localhost",  # bound to a node, or this machine
             "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
         }
         if path in simple:

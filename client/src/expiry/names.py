@@ -35,6 +35,9 @@ POD_NAME_ENV: Final = "EXPIRY_POD_NAME"
 POD_NAMESPACE_ENV: Final = "EXPIRY_POD_NAMESPACE"
 POD_UID_ENV: Final = "EXPIRY_POD_UID"
 """The sidecar's own pod, from the downward API (metadata.name, .namespace, .uid): where its Events go."""
+NODE_NAME_ENV: Final = "EXPIRY_NODE_NAME"
+"""The node the sidecar's pod runs on (downward API spec.nodeName): each kill names it, so the hang
+report says where the rank behind runs."""
 ENV_PREFIX: Final = "EXPIRY_"
 """Every variable above starts with it: the operator refuses extra sidecar env under it (sidecar.env)."""
 

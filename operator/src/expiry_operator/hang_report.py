@@ -167,7 +167,12 @@ def _collective_name(op: str, seq: int, group: str) -> str:
 
 def _findings(findings: stragglers.Findings) -> dict[str, Any]:
     def odd(one: stragglers.Odd) -> dict[str, Any]:
-        return {"pod": one.worker.pod, "rank": one.worker.rank, "collective": _collective(one.collective)}
+        return {
+            "pod": one.worker.pod,
+            "node": one.worker.node,
+            "rank": one.worker.rank,
+            "collective": _collective(one.collective),
+        }
 
     return {
         "waitedIn": [
@@ -198,11 +203,12 @@ def _where(signature: Signature) -> str:
 
 
 def _who(worker: Worker) -> str:
-    return f"rank {worker.rank} (pod {worker.pod})" if worker.rank is not None else f"pod {worker.pod}"
+    where = f"pod {worker.pod}, node {worker.node}" if worker.node else f"pod {worker.pod}"
+    return f"rank {worker.rank} ({where})" if worker.rank is not None else where
 
 
 def _worker(worker: Worker, scope: str) -> dict[str, Any]:
-    return {"pod": worker.pod, "rank": worker.rank, "scope": scope}
+    return {"pod": worker.pod, "node": worker.node, "rank": worker.rank, "scope": scope}
 
 
 def _plural(count: int, word: str) -> str:

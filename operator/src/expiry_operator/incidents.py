@@ -32,6 +32,7 @@ class Worker:
 
     pod: str
     rank: int | None
+    node: str | None = None
 
 
 @dataclasses.dataclass
@@ -69,7 +70,7 @@ class Incident:
             self._place(kill, event.pod)
 
     def _place(self, kill: Kill, pod: str) -> None:
-        worker = Worker(pod, kill.rank)
+        worker = Worker(pod, kill.rank, kill.node)
         if kill.deadline is not None and (self.first_deadline is None or kill.deadline < self.first_deadline):
             self.first_deadline, self.first, self.first_scope = kill.deadline, worker, kill.scope
         if len(self.collectives) < MAX_COLLECTIVES:

@@ -21,6 +21,8 @@ REPORTING_CONTROLLER = names.KILL_EVENT_CONTROLLER
 KILL_REASONS = frozenset({names.KILLED_REASON, names.KILL_FAILED_REASON, names.OBSERVED_REASON})
 KILLS_ANNOTATION = names.KILLS_ANNOTATION
 TRUNCATED_ANNOTATION = names.KILLS_TRUNCATED_ANNOTATION
+MAX_NODE = 253
+"""A node's name is a DNS subdomain: longer is not a node name, and is cut."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class Kill:
     deadline: float | None
     frames: tuple[str, ...]  # innermost last; () when no stack was dumped
     collective: Collective | None = None  # None: no flight recorder, or none read
+    node: str | None = None  # the pod's node (the sidecar's EXPIRY_NODE_NAME); None: not said
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ def _kill(item: object) -> Kill | None:
     rank = item.get("rank")
     deadline = item.get("deadline")
     frames = item.get("frames")
+    node = item.get("node")
     return Kill(
         rank=rank if isinstance(rank, int) and not isinstance(rank, bool) else None,
         scope=str(item.get("scope") or ""),
@@ -113,6 +117,7 @@ def _kill(item: object) -> Kill | None:
         else None,
         frames=tuple(str(frame) for frame in frames) if isinstance(frames, list) else (),
         collective=_collective(item.get("collective")),
+        node=str(node)[:MAX_NODE] if isinstance(node, str) and node else None,
     )
 
 

@@ -60,6 +60,8 @@ def sidecar_container(settings: SidecarSettings, plan: SidecarPlan) -> dict[str,
             {"name": names.POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": names.POD_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": names.POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            # The node, named in every kill, so the hang report says where a rank behind runs.
+            {"name": names.NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             *(dict(variable) for variable in settings.env),
         ],
         "ports": [{"name": names.METRICS_PORT_NAME, "containerPort": plan.metrics_port, "protocol": "TCP"}],

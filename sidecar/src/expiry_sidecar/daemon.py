@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from expiry.names import BUDGET_SPENT_REASON, FIFO_PATH, METRICS_PORT
+from expiry.names import BUDGET_SPENT_REASON, FIFO_PATH, METRICS_PORT, NODE_NAME_ENV
 from expiry_sidecar import alone, kills, rivals
 from expiry_sidecar.advice import document
 from expiry_sidecar.apiwriter import ApiWriter, PodRef
@@ -86,6 +86,10 @@ class Options:
 
 
 class KillLog(Listener):
+    def __init__(self, node: str | None = None) -> None:
+        self.node = node
+        """The pod's node (``EXPIRY_NODE_NAME``), named in every kill line; None when unknown."""
+
     def after_kill(self, report: KillReport) -> None:
         worker = report.worker
         fields = {
@@ -97,6 +101,7 @@ class KillLog(Listener):
             "escalation": report.escalation,
             "rule": report.rule,
             "collective": report.collective,
+            "node": self.node,
             "cmdline": worker.cmdline,
         }
         if report.outcome is kills.Outcome.OBSERVED:
@@ -130,7 +135,8 @@ class Sidecar:
         self.dumper = StackDumper(options.stack_dumps, py_spy=find_py_spy()) if options.stack_dumps else None
         uses_api = options.events or options.pod_condition or options.deadline_profile
         self.writer = ApiWriter(PodRef.from_environment()) if uses_api else None
-        self.events = EventRecorder(self.writer) if self.writer and options.events else None
+        node = os.environ.get(NODE_NAME_ENV) or None
+        self.events = EventRecorder(self.writer, node=node) if self.writer and options.events else None
         self.condition = PodCondition(self.writer) if self.writer and options.pod_condition else None
         optional: list[Listener] = [x for x in (self.dumper, self.events, self.condition) if x is not None]
         self.kills = KillPool()
@@ -138,13 +144,16 @@ class Sidecar:
             kill_signal=options.kill_signal,
             escalate_after=options.escalate_after,
             scope_metrics=options.scope_metrics,
-            listeners=[KillLog(), BudgetNotice(self.events), *optional],
+            listeners=[KillLog(node), BudgetNotice(self.events), *optional],
             on_watch=self.loop.watch,
             on_unwatch=self.loop.unwatch,
             mode=options.mode,
             pod_condition=options.pod_condition,
             dispatch=self.kills.dispatch,
             deadlines=Deadlines(options.policy(), budget=FalseKillBudget(options.false_kill_budget)),
+            # A worker signalled on the loop may have been woken on the loop's own CPU: let it die
+            # before the kill's bookkeeping, not after it (docs/performance.md, "Kill latency").
+            after_signals=os.sched_yield,
         )
         if self.dumper:
             self.dumper.peers = lambda: list(self.server.workers.values())

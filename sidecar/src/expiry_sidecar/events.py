@@ -70,8 +70,9 @@ def reason_of(report: KillReport) -> str:
     return KILLED if report.outcome is kills.Outcome.DELIVERED else KILL_FAILED
 
 
-def kill_entry(report: KillReport, ranks: Ranks) -> Body:
-    """One worker in the kills annotation (the contract the operator's hang report reads)."""
+def kill_entry(report: KillReport, ranks: Ranks, node: str | None = None) -> Body:
+    """One worker in the kills annotation (the contract the operator's hang report reads); ``node``:
+    the pod's node (None: unknown)."""
     observed = report.outcome is kills.Outcome.OBSERVED
     return {
         "pid": report.worker.pid,
@@ -84,6 +85,7 @@ def kill_entry(report: KillReport, ranks: Ranks) -> Body:
         "rule": "escalation" if report.escalation else report.rule,
         "frames": [_cut(frame) for frame in report.frames],
         "collective": _cut_collective(report.collective),
+        "node": node,
     }
 
 
@@ -139,13 +141,15 @@ def pod_event(pod: PodRef, reason: str, action: str, note: str, now: datetime, *
     }
 
 
-def burst_event(pod: PodRef, burst: Sequence[tuple[KillReport, Ranks]], now: datetime) -> Body:
+def burst_event(
+    pod: PodRef, burst: Sequence[tuple[KillReport, Ranks]], now: datetime, node: str | None = None
+) -> Body:
     """The Event for a burst of kills in one pod (all with one reason), the kills annotated."""
     first = burst[0][0]
     action = "Observe" if first.outcome is kills.Outcome.OBSERVED else "Kill"
     note = "; ".join(kill_message(report) for report, _ in burst)
     event = pod_event(pod, reason_of(first), action, note, now, tag=f"{first.worker.pid:x}")
-    event["metadata"]["annotations"] = kills_annotations([kill_entry(r, ranks) for r, ranks in burst])
+    event["metadata"]["annotations"] = kills_annotations([kill_entry(r, ranks, node) for r, ranks in burst])
     return event
 
 
@@ -213,8 +217,11 @@ class EventRecorder(Listener):
         *,
         ranks: Callable[[int], Ranks] = read_ranks,
         clock: Callable[[], float] = time.time,
+        node: str | None = None,
     ) -> None:
         self.results: Counter[str] = Counter()
+        self.node = node
+        """The pod's node, in every kill of the annotation (None: unknown)."""
         self._writer = writer
         self._read_ranks = ranks
         self._clock = clock
@@ -281,7 +288,7 @@ class EventRecorder(Listener):
             by_reason.setdefault(reason_of(item[0]), []).append(item)
         for reason, items in by_reason.items():
             now = self._clock()
-            event = burst_event(pod, items, datetime.fromtimestamp(now, UTC))
+            event = burst_event(pod, items, datetime.fromtimestamp(now, UTC), self.node)
             path = EVENTS_PATH.format(namespace=pod.namespace)
             series = self._series.get(reason)
             if series is not None and now - series.last < SERIES_WINDOW:

@@ -1,8 +1,9 @@
 """The event loop: sleeps until a request arrives, a worker exits or the next deadline passes.
 
-One ``epoll`` waits on the FIFO, on a pidfd per watched worker and on a wake-up pipe for signals;
-its timeout is the time to the next deadline (none when no timer is armed), so an idle server
-does not wake at all. Reads drain the FIFO in 64 KiB chunks, at most ``MAX_READS_PER_TURN`` per
+One ``epoll`` waits on the FIFO, on a pidfd per watched worker, on a wake-up pipe for signals and on
+an alarm (:mod:`.alarm`, a timerfd) set to the next deadline, which wakes it on time; its timeout,
+the same time rounded up to whole milliseconds, is the safety net (none when no timer is armed), so
+an idle server does not wake at all. Reads drain the FIFO in 64 KiB chunks, at most ``MAX_READS_PER_TURN`` per
 turn, so deadlines are checked between chunks even under a flood.
 """
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from expiry_sidecar.alarm import Alarm
 from expiry_sidecar.fifo import FifoReader
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import TimerServer
@@ -39,6 +41,9 @@ class ServeLoop:
         self._selector.register(reader.fd, selectors.EVENT_READ, None)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._alarm = Alarm.open()
+        if self._alarm is not None:
+            self._selector.register(self._alarm.fd, selectors.EVENT_READ, None)
         self._stopping = False
         self._stop_status = 0
         self.periodic: list[tuple[float, Callable[[], None]]] = []
@@ -97,6 +102,8 @@ class ServeLoop:
                     wait = next_periodic[check] - now
                     timeout = wait if timeout is None else min(timeout, wait)
                 timeout = self._run_due_calls(timeout)
+            if self._alarm is not None:
+                self._alarm.ring_in(timeout)
             events = self._selector.select(timeout)
             with server.lock:  # one turn: readers in other threads (scrapes) see it whole
                 for key, _ in events:
@@ -130,6 +137,8 @@ class ServeLoop:
                         break
                 except BlockingIOError:
                     break
+        elif self._alarm is not None and key.fd == self._alarm.fd:
+            self._alarm.clear()
         elif isinstance(key.data, Worker):
             server.worker_exited(key.data.pid)
         elif isinstance(key.data, _FdWatch):
@@ -139,5 +148,7 @@ class ServeLoop:
 
     def close(self) -> None:
         self._selector.close()
+        if self._alarm is not None:
+            self._alarm.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

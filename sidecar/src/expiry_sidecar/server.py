@@ -23,7 +23,9 @@ The rules, in the order a request meets them:
    the bookkeeping. Workers expiring together are killed in parallel; no deadline waits for a dump.
    The worker's pidfd stays open until its report is back, so the signal reaches that very process.
    A kill that nothing slow precedes (no dump, no pod condition: no listener says ``slow``) is
-   signalled on the loop at once, which is quicker than a hand-over to a pool thread.
+   signalled on the loop at once, which is quicker than a hand-over to a pool thread; its
+   bookkeeping (``killed``: metrics, the log line, listeners) waits until every signal of the turn
+   is out, and ``after_signals`` (the daemon's: give the CPU to the dying workers) has run.
 6. A worker that got any signal but SIGKILL and is still alive ``escalate_after`` seconds later
    gets SIGKILL. One still alive ``UNKILLABLE_AFTER`` seconds after SIGKILL is stuck where no
    signal reaches (uninterruptible sleep, e.g. on a dead NFS server): it is reported, loudly.
@@ -218,6 +220,7 @@ class TimerServer:
         pod_condition: bool = False,
         dispatch: Dispatch | None = None,
         deadlines: Deadlines | None = None,
+        after_signals: Callable[[], None] = lambda: None,
     ) -> None:
         self.kill_signal = kill_signal
         self.mode = mode
@@ -247,6 +250,9 @@ class TimerServer:
         self._dispatch = dispatch or self._inline
         self.killing: set[Worker] = set()
         """Workers whose kill is under way (ordered, report not yet back)."""
+        self._after_signals = after_signals
+        self._signalled: list[KillReport] = []
+        """Kills carried out on the loop this turn, their bookkeeping still to do."""
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -389,6 +395,11 @@ class TimerServer:
                     self._order(self.workers[pid], escalation, sigkill)
                 else:
                     self._report_unkillable(pid)
+        if self._signalled:  # the turn's signals are out: now the bookkeeping of those sent here
+            self._after_signals()
+            reports, self._signalled = self._signalled, []
+            for report in reports:
+                self.killed(report)
 
     def _count_expiration(self, timer: Timer, action: Action | None) -> None:
         self.stats.expirations += 1
@@ -431,7 +442,7 @@ class TimerServer:
         (self._dispatch if slow else self._inline)(lambda: carry_out(order, listeners, send, monotonic))
 
     def _inline(self, job: Callable[[], KillReport]) -> None:
-        self.killed(job())
+        self._signalled.append(job())
 
     def killed(self, report: KillReport) -> None:
         """A kill's report is back on the loop: count it, schedule what follows, tell the listeners."""
