@@ -174,7 +174,8 @@ def test_the_first_kill_of_a_burst_collects_every_worker_s_answer_before_its_sig
         workers[1].wait()
         late = KillOrder(peer, "s", signal.SIGKILL, 0.0, 0.0, 0.0)
         dumper.before_kill(late)
-        assert late.frames and late.frames[-1].endswith(" in wait"), late.frames
+        # Its main thread's stack, wherever the question caught it after "ready" (print's return, wait).
+        assert any(frame.endswith(" in <module>") for frame in late.frames), late.frames
         assert dumper.results == {"ok": 2}
     finally:
         for worker in workers:
