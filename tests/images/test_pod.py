@@ -182,3 +182,28 @@ def test_a_native_sidecar_that_never_starts_holds_the_trainer_back(images: Image
         assert run.containers[SIDECAR_CONTAINER].process.poll() is None
     finally:
         run.stop()
+
+
+CAP_KILL = 1 << 5
+
+
+def test_a_trainer_whose_uid_is_the_image_s_is_killed_by_a_root_sidecar_with_only_cap_kill(
+    images: Images, tmp_path: Path
+) -> None:
+    """With no runAsUser the sidecar cannot share the trainer's uid; it signals it with CAP_KILL, which
+    only root keeps across exec (the harness, as containerd, grants no ambient capabilities)."""
+    pod = manifest(images.trainer)
+    pod["spec"]["securityContext"] = {"seccompProfile": {"type": "RuntimeDefault"}}  # the image's USER 1000
+    port = free_port()
+    pod = inject(pod, tmp_path, port)
+    with PodRunner(pod, tmp_path / "pod") as run:
+        sidecar, trainer = run.containers[SIDECAR_CONTAINER], run.containers["trainer"]
+        status = sidecar.status()
+        assert status["Uid"].split() == ["0"] * 4
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == CAP_KILL, status
+        assert trainer.status()["Uid"].split() == [str(TRAINER_UID)] * 4
+        assert trainer.wait(120) == -signal.SIGKILL, f"{trainer.log()}\n{sidecar.log()}"
+        metrics = Metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+        assert metrics("expiry_kills_total", signal="SIGKILL") == 1
+        run.stop()
+    assert "Traceback" not in sidecar.log()

@@ -99,8 +99,9 @@ def check_injected(
     uids = {_effective(spec, c, "runAsUser") for c in spec["containers"] if c["name"] in trainer_names}
     assert len(uids) == 1
     (uid,) = uids
-    if uid is None:  # the trainer runs as its image's user: signalling it needs CAP_KILL
+    if uid is None:  # the trainer runs as its image's user: signalling it needs CAP_KILL, kept only by root
         assert "KILL" in sc["capabilities"]["add"]
+        assert (sc["runAsUser"], sc["runAsNonRoot"]) == (0, False)
     else:
         assert _effective(spec, sidecar, "runAsUser") == uid
         assert "KILL" not in (sc["capabilities"].get("add") or [])

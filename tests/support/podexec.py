@@ -19,7 +19,6 @@ PR_CAPBSET_DROP = 24
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 
@@ -61,13 +60,12 @@ def main() -> None:
     mask = sum(1 << cap for cap in keep)
     header = CapHeader(CAPABILITY_VERSION_3, 0)
     data = (CapData * 2)(
-        CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, mask & 0xFFFFFFFF),
-        CapData(mask >> 32, mask >> 32, mask >> 32),
+        CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0),
+        CapData(mask >> 32, mask >> 32, 0),
     )
     check(libc.capset(ctypes.byref(header), data), "setting capabilities")
-    if spec["uid"] != 0:
-        for cap in keep:  # a non-root process keeps added capabilities across exec only as ambient ones
-            check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"raising ambient {cap}")
+    # No ambient capabilities, as containerd and CRI-O start containers: a non-root command loses its
+    # permitted and effective capabilities at exec (kubernetes/kubernetes#56374); root keeps its own.
     if spec["noNewPrivs"]:
         check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
     argv: list[str] = spec["argv"]

@@ -164,7 +164,12 @@ def _security_context(plan: SidecarPlan) -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if plan.identity.uid is not None:
+    if plan.identity.needs_kill_capability:
+        # containerd and CRI-O give a non-root process no ambient capabilities, so an added capability
+        # is lost at exec unless the user is root (kubernetes/kubernetes#56374): CAP_KILL needs uid 0.
+        context["runAsUser"] = 0
+        context["runAsNonRoot"] = False
+    elif plan.identity.uid is not None:
         context["runAsUser"] = plan.identity.uid
         if plan.identity.uid != 0:
             context["runAsNonRoot"] = True
