@@ -44,8 +44,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.surfaces or list(SURFACES):
         tally, notes = Tally(), Notes()
         started = time.monotonic()
+
+        def progress(so_far: Tally, name: str = name, started: float = started) -> None:
+            elapsed = time.monotonic() - started
+            print(
+                f"   {name}: {so_far.inputs:,} inputs in {elapsed:,.0f} s ({so_far.inputs / elapsed:,.0f}/s),"
+                f" {so_far.tracebacks} tracebacks, {so_far.errors_5xx} 5xx,"
+                f" {so_far.outcomes['VIOLATION']} violations",
+                flush=True,
+            )
+
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir:
-            run_many(SURFACES[name], Path(workdir), args.inputs, tally, notes, seconds=args.seconds)
+            run_many(
+                SURFACES[name],
+                Path(workdir),
+                args.inputs,
+                tally,
+                notes,
+                seconds=args.seconds,
+                progress=progress,
+            )
         seconds = time.monotonic() - started
         report[name] = _print(name, tally, notes, seconds)
         if args.json:
@@ -56,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print(name: str, tally: Tally, notes: Notes, seconds: float) -> dict[str, object]:
     errors_5xx = tally.errors_5xx
     violations = tally.outcomes.get("VIOLATION", 0)
-    print(f"== {name}: {tally.inputs:,} inputs in {seconds:,.0f} s", flush=True)
+    rate = tally.inputs / seconds if seconds else 0.0
+    print(f"== {name}: {tally.inputs:,} inputs in {seconds:,.0f} s ({rate:,.0f}/s)", flush=True)
     for outcome, count in tally.outcomes.most_common():
         print(f"   {count:>9,}  {outcome}")
     print(f"   tracebacks={tally.tracebacks} 5xx={errors_5xx} violations={violations}")
@@ -67,6 +86,7 @@ def _print(name: str, tally: Tally, notes: Notes, seconds: float) -> dict[str, o
     return {
         "inputs": tally.inputs,
         "seconds": round(seconds),
+        "inputs_per_second": round(rate, 1),
         "outcomes": dict(tally.outcomes.most_common()),
         "tracebacks": tally.tracebacks,
         "5xx": errors_5xx,
@@ -79,7 +99,9 @@ def _print(name: str, tally: Tally, notes: Notes, seconds: float) -> dict[str, o
 def markdown(name: str, entry: dict[str, Any]) -> str:
     """One surface's outcomes as the table docs/failure-modes.md shows."""
     lines = [
-        f"**{name}**: {SURFACES[name].what}. {entry['inputs']:,} inputs in {entry['seconds']:,} s: "
+        f"**{name}**: {SURFACES[name].what}. {entry['inputs']:,} inputs in {entry['seconds']:,} s"
+        + (f" ({entry['inputs_per_second']:,.0f}/s)" if "inputs_per_second" in entry else "")
+        + ": "
         f"tracebacks {entry['tracebacks']}, 5xx {entry['5xx']}, violations {entry['violations']}"
         + "".join(f"; {key}: {value}" for key, value in entry["notes"].items())
         + ".",

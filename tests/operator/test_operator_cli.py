@@ -142,20 +142,28 @@ def test_a_denial_exits_2_with_one_line(tmp_path: Path, name: str) -> None:
     ("content", "words"),
     [("a: [unclosed", "not valid YAML"), ("- just\n- a list\n", "not a Kubernetes object")],
 )
-def test_unreadable_manifests_exit_1(tmp_path: Path, content: str, words: str) -> None:
+def test_unreadable_manifests_exit_2_with_one_line(tmp_path: Path, content: str, words: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     result = run("inject", "-f", str(path))
-    assert result.returncode == 1 and words in result.stderr
+    assert result.returncode == 2 and words in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_a_missing_file_exits_1(tmp_path: Path) -> None:
+def test_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run("inject", "-f", str(tmp_path / "absent.yaml"))
-    assert result.returncode == 1 and "cannot read" in result.stderr
+    assert result.returncode == 2 and "cannot read" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_a_bad_config_file_names_the_key(tmp_path: Path) -> None:
+def test_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "operator.yaml"
     config.write_text("sidecar:\n  nativeSidecar: sometimes\n")
     result = run("inject", "-f", str(write(tmp_path, JOBSET_POD)), "--config", str(config))
-    assert result.returncode == 1 and "sidecar.nativeSidecar" in result.stderr
+    assert result.returncode == 2 and "sidecar.nativeSidecar" in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_run_with_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "operator.yaml"
+    config.write_text("webhook:\n  port: many\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2 and "webhook.port" in result.stderr and result.stderr.count("\n") == 1
