@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tempfile
 import time
@@ -40,35 +41,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(args.surfaces) - set(SURFACES))
     if unknown:
         parser.error(f"unknown surface {', '.join(unknown)}; choose from {', '.join(SURFACES)}")
-    report = {}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM reports like Ctrl-C
+    report: dict[str, dict[str, object]] = {}
     for name in args.surfaces or list(SURFACES):
         tally, notes = Tally(), Notes()
         started = time.monotonic()
-
-        def progress(so_far: Tally, name: str = name, started: float = started) -> None:
-            elapsed = time.monotonic() - started
-            print(
-                f"   {name}: {so_far.inputs:,} inputs in {elapsed:,.0f} s ({so_far.inputs / elapsed:,.0f}/s),"
-                f" {so_far.tracebacks} tracebacks, {so_far.errors_5xx} 5xx,"
-                f" {so_far.outcomes['VIOLATION']} violations",
-                flush=True,
-            )
-
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir:
-            run_many(
-                SURFACES[name],
-                Path(workdir),
-                args.inputs,
-                tally,
-                notes,
-                seconds=args.seconds,
-                progress=progress,
-            )
+            try:
+                run_many(
+                    SURFACES[name],
+                    Path(workdir),
+                    args.inputs,
+                    tally,
+                    notes,
+                    seconds=args.seconds,
+                    progress=_Progress(name, started),
+                )
+                interrupted = False
+            except KeyboardInterrupt:  # report what was tried so far
+                notes["stopped"] = f"interrupted, before {args.inputs:,} inputs"
+                interrupted = True
         seconds = time.monotonic() - started
         report[name] = _print(name, tally, notes, seconds)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
+        if interrupted:
+            break
     return 1 if any(entry["violations"] for entry in report.values()) else 0
+
+
+class _Progress:
+    """A line every minute while a surface runs, and each violation as soon as it is found."""
+
+    def __init__(self, name: str, started: float) -> None:
+        self.name, self.started, self.shown = name, started, 0
+
+    def __call__(self, tally: Tally) -> None:
+        elapsed = time.monotonic() - self.started
+        print(
+            f"   {self.name}: {tally.inputs:,} inputs in {elapsed:,.0f} s ({tally.inputs / elapsed:,.0f}/s),"
+            f" {tally.tracebacks} tracebacks, {tally.errors_5xx} 5xx,"
+            f" {tally.outcomes['VIOLATION']} violations",
+            flush=True,
+        )
+        for message, value in tally.violations[self.shown :]:
+            print(f"   VIOLATION {message[:3000]}\n     input: {value[:500]}", flush=True)
+        self.shown = len(tally.violations)
 
 
 def _print(name: str, tally: Tally, notes: Notes, seconds: float) -> dict[str, object]:
