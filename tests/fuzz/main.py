@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.fuzz.harness import Notes, Tally, run_many
+from tests.fuzz.harness import STOP, Notes, Tally, run_many
 from tests.fuzz.surfaces import SURFACES
 
 
@@ -41,33 +41,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(args.surfaces) - set(SURFACES))
     if unknown:
         parser.error(f"unknown surface {', '.join(unknown)}; choose from {', '.join(SURFACES)}")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM reports like Ctrl-C
+    for number in (signal.SIGINT, signal.SIGTERM):  # finish the input at hand, then report
+        signal.signal(number, _stop)
     report: dict[str, dict[str, object]] = {}
     for name in args.surfaces or list(SURFACES):
         tally, notes = Tally(), Notes()
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as workdir:
-            try:
-                run_many(
-                    SURFACES[name],
-                    Path(workdir),
-                    args.inputs,
-                    tally,
-                    notes,
-                    seconds=args.seconds,
-                    progress=_Progress(name, started),
-                )
-                interrupted = False
-            except KeyboardInterrupt:  # report what was tried so far
-                notes["stopped"] = f"interrupted, before {args.inputs:,} inputs"
-                interrupted = True
+            run_many(
+                SURFACES[name],
+                Path(workdir),
+                args.inputs,
+                tally,
+                notes,
+                seconds=args.seconds,
+                progress=_Progress(name, started),
+            )
+        if STOP.is_set():
+            notes["stopped"] = f"interrupted, before {args.inputs:,} inputs"
         seconds = time.monotonic() - started
         report[name] = _print(name, tally, notes, seconds)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
-        if interrupted:
+        if STOP.is_set():
             break
     return 1 if any(entry["violations"] for entry in report.values()) else 0
+
+
+def _stop(number: int, _frame: object) -> None:
+    STOP.set()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C ends it at once
 
 
 class _Progress:
