@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -65,16 +66,23 @@ class Tally:
         return sum(self.outcomes.values())
 
     def record(self, check: Check, value: Any) -> None:
+        """Count what ``check`` made of ``value``; a violation is counted with the input behind it, so a
+        bulk run goes on to the end (no shrinking: the input is reported as it was)."""
         try:
             self.outcomes[check(value)] += 1
         except Violation as e:
-            self.outcomes["VIOLATION"] += 1
-            if "Traceback" in str(e):
-                self.tracebacks += 1
-            if str(e).startswith("HTTP 5"):
-                self.errors_5xx += 1
-            if len(self.violations) < 20:
-                self.violations.append((str(e)[:2000], repr(value)[:500]))
+            self._violation(str(e), value)
+        except Exception:  # the check itself failed on what the surface answered: a violation too
+            self._violation(f"Traceback in the check: {traceback.format_exc()}", value)
+
+    def _violation(self, message: str, value: Any) -> None:
+        self.outcomes["VIOLATION"] += 1
+        if "Traceback" in message:
+            self.tracebacks += 1
+        if message.startswith("HTTP 5"):
+            self.errors_5xx += 1
+        if len(self.violations) < 20:
+            self.violations.append((message[:2000], repr(value)[:500]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +120,36 @@ def one_line(run: Run, prefix: str) -> str:
     return lines[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """One way a CLI may refuse an input: exit ``status`` with one stderr line starting ``prefix``;
+    ``label`` names the outcome from that line."""
+
+    prefix: str
+    label: Callable[[str], str]
+    status: int = 2
+
+
+def cli_outcome(
+    main: Callable[[Sequence[str]], int],
+    argv: Sequence[str],
+    accepted: Callable[[Run], str],
+    refusals: Sequence[Refusal],
+) -> str:
+    """Run ``main(argv)`` in-process and name what it did: exit 0 and a silent stderr is ``accepted(run)``;
+    otherwise the first refusal whose status and line prefix match; anything else (a traceback, another
+    status, more or fewer lines than one) is a Violation."""
+    run = run_main(main, argv)
+    if run.status == 0 and not run.err:
+        return accepted(run)
+    lines = run.err_lines
+    if len(lines) == 1 and "Traceback" not in run.err:
+        for refusal in refusals:
+            if run.status == refusal.status and lines[0].startswith(refusal.prefix):
+                return refusal.label(lines[0])
+    raise Violation(f"exit {run.status} for {list(argv)[:6]}: stderr {run.err[:1500]!r}")
+
+
 @contextlib.contextmanager
 def deep_recursion() -> Iterator[None]:
     """Room to serialize the deep nests the mutations make (json's C encoder counts recursion too)."""
@@ -127,12 +165,28 @@ class _TimeUp(Exception):
     pass
 
 
+STOP = threading.Event()
+"""Set (by ``scripts/fuzz``'s SIGINT/SIGTERM handler) to end a bulk run before its next input: a flag,
+not an exception raised wherever the signal lands (inside a gc callback hypothesis registers, an
+exception there is printed to the captured stderr and swallowed)."""
+
+
 def run_many(
-    surface: Surface, workdir: Path, count: int, tally: Tally, notes: Notes, *, seconds: float | None = None
+    surface: Surface,
+    workdir: Path,
+    count: int,
+    tally: Tally,
+    notes: Notes,
+    *,
+    seconds: float | None = None,
+    progress: Callable[[Tally], None] | None = None,
+    every: float = 60.0,
 ) -> None:
     """Feed ``count`` generated inputs to the surface (fewer if ``seconds`` run out first), counting
-    outcomes and violations (no stop, no shrinking): the on-demand run of ``scripts/fuzz``."""
+    outcomes and violations (no stop, no shrinking): the on-demand run of ``scripts/fuzz``.
+    ``progress`` is called with the tally every ``every`` seconds."""
     stop = None if seconds is None else time.monotonic() + seconds
+    next_report = time.monotonic() + every
     with surface.session(workdir, notes) as check:
 
         @settings(
@@ -144,8 +198,13 @@ def run_many(
         )
         @given(surface.inputs)
         def feed(value: Any) -> None:
-            if stop is not None and time.monotonic() > stop:
+            nonlocal next_report
+            now = time.monotonic()
+            if (stop is not None and now > stop) or STOP.is_set():
                 raise _TimeUp
+            if progress is not None and now > next_report:
+                next_report = now + every
+                progress(tally)
             tally.record(check, value)
 
         with contextlib.suppress(_TimeUp):

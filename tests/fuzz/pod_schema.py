@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 from importlib import resources
 from typing import Any
 
@@ -65,57 +66,65 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-TEXT = st.text(alphabet="abcxyz019-./:", max_size=8)
-KEYS = st.from_regex(r"[a-z][a-z0-9-]{0,6}", fullmatch=True)
+TEXT_ALPHABET = "abcxyz019-./:"
+KEY_FIRST, KEY_REST = "abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz0123456789-"
 
 
-@st.composite
-def instance(draw: st.DrawFn, node: dict[str, Any], depth: int = 0) -> Any:
-    """A value the schema ``node`` accepts (null never: it stands for an absent field)."""
+def instance(rng: random.Random, node: dict[str, Any], depth: int = 0) -> Any:
+    """A value the schema ``node`` accepts (null never: it stands for an absent field), chosen by ``rng``:
+    plain ``random`` calls, not one hypothesis draw per field, so a pod costs microseconds, not
+    milliseconds (hypothesis draws the seed, so an input is still reproduced from its blob)."""
     node = _resolve(node)
     if "enum" in node:
-        return draw(st.sampled_from([value for value in node["enum"] if value is not None]))
+        return rng.choice([value for value in node["enum"] if value is not None])
     if "oneOf" in node or "anyOf" in node:
-        return draw(instance(draw(st.sampled_from(node.get("oneOf") or node["anyOf"])), depth))
+        return instance(rng, rng.choice(node.get("oneOf") or node["anyOf"]), depth)
     kinds = node.get("type", "object")
     kinds = [kind for kind in (kinds if isinstance(kinds, list) else [kinds]) if kind != "null"]
-    kind = draw(st.sampled_from(kinds or ["object"]))
+    kind = rng.choice(kinds or ["object"])
     if kind == "string":
-        return draw(TEXT)
+        return "".join(rng.choices(TEXT_ALPHABET, k=rng.randint(0, 8)))
     if kind == "integer":
-        return draw(st.integers(min_value=0, max_value=70000))
+        return rng.choice([0, 1, 70000, rng.randint(0, 70000)])
     if kind == "number":
-        return draw(st.integers(min_value=0, max_value=100) | st.floats(0, 100))
+        return rng.choice([0, 100, rng.randint(0, 100), rng.uniform(0, 100)])
     if kind == "boolean":
-        return draw(st.booleans())
+        return rng.random() < 0.5
     if kind == "array":
-        size = 0 if depth >= MAX_DEPTH else draw(st.integers(min_value=0, max_value=2))
-        return [draw(instance(node.get("items", {}), depth + 1)) for _ in range(size)]
+        size = 0 if depth >= MAX_DEPTH else rng.randint(0, 2)
+        return [instance(rng, node.get("items", {}), depth + 1) for _ in range(size)]
     properties: dict[str, Any] = node.get("properties", {})
     if not properties:
         extra = node.get("additionalProperties")
         if not isinstance(extra, dict) or depth >= MAX_DEPTH:
             return {}
-        size = draw(st.integers(min_value=0, max_value=2))
-        return {draw(KEYS): draw(instance(extra, depth + 1)) for _ in range(size)}
+        return {_key(rng): instance(rng, extra, depth + 1) for _ in range(rng.randint(0, 2))}
     required = set(node.get("required", ()))
     chance = max(2, 4 + 3 * depth)  # one optional field in `chance` at this depth
     chosen = [
         key
         for key in sorted(properties)
-        if key in required or (depth < MAX_DEPTH and draw(st.integers(0, chance - 1)) == 0)
+        if key in required or (depth < MAX_DEPTH and rng.randrange(chance) == 0)
     ]
-    return {key: draw(instance(properties[key], depth + 1)) for key in chosen}
+    return {key: instance(rng, properties[key], depth + 1) for key in chosen}
 
 
-@st.composite
-def schema_pods(draw: st.DrawFn) -> dict[str, Any]:
+def _key(rng: random.Random) -> str:
+    return rng.choice(KEY_FIRST) + "".join(rng.choices(KEY_REST, k=rng.randint(0, 6)))
+
+
+def schema_pod(rng: random.Random) -> dict[str, Any]:
     """A Pod the schema accepts, with at least one container; opted in to expiry most of the time."""
-    spec = draw(instance(_pod_schema()["properties"]["spec"], 1))
+    spec = instance(rng, _pod_schema()["properties"]["spec"], 1)
     if not spec.get("containers"):
-        spec["containers"] = [draw(instance({"$ref": "#/$defs/io.k8s.api.core.v1.Container"}, 2))]
-    metadata = draw(instance(_pod_schema()["properties"]["metadata"], 1))
+        spec["containers"] = [instance(rng, {"$ref": "#/$defs/io.k8s.api.core.v1.Container"}, 2)]
+    metadata = instance(rng, _pod_schema()["properties"]["metadata"], 1)
     annotations = metadata.setdefault("annotations", {})
-    annotations[names.ENABLED_ANNOTATION] = draw(st.sampled_from(["true", "true", "true", "false", "yes"]))
+    annotations[names.ENABLED_ANNOTATION] = rng.choice(["true", "true", "true", "false", "yes"])
     spec.pop("hostPID", None)  # refused on purpose: it would hide every other outcome half the time
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def schema_pods() -> st.SearchStrategy[dict[str, Any]]:
+    """Pods the schema accepts (``schema_pod``), each from a seed hypothesis draws."""
+    return st.randoms(use_true_random=True).map(schema_pod)

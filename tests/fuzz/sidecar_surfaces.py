@@ -23,7 +23,7 @@ from expiry_sidecar.blocks import BlockStats
 from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.state import StateFile, blocks_line, boot_id
 from expiry_sidecar.timers import TimerBook
-from tests.fuzz.harness import Check, Notes, Surface, Violation, deep_recursion, one_line, run_main
+from tests.fuzz.harness import Check, Notes, Refusal, Run, Surface, Violation, cli_outcome, deep_recursion
 from tests.fuzz.mutations import DEEP, NASTY_STRINGS, mutated, nested
 from tests.sidecar.test_core import World, line
 
@@ -82,14 +82,14 @@ def _would_start(argv: Sequence[str]) -> int:
 
 
 def _check_flags(argv: list[str]) -> str:
-    run = run_main(_would_start, argv)
-    if run.status == 0:
-        return "accepted"
-    last = run.err_lines[-1] if run.err_lines else ""
-    named = any(word in last for word in argv if word.startswith("--")) or "required" in last
-    if run.status != 2 or "error:" not in last or not named or "Traceback" in run.err:
-        raise Violation(f"exit {run.status} for {argv}: {run.err!r}")
-    return "refused: exit 2 naming the flag"
+    def named(line: str) -> str:
+        if "error:" not in line or not (
+            any(word in line for word in argv if word.startswith("--")) or "required" in line
+        ):
+            raise Violation(f"the refusal of {argv} names no flag: {line!r}")
+        return "refused: exit 2, one line naming the flag"
+
+    return cli_outcome(_would_start, argv, lambda _: "accepted", [Refusal("expiry-sidecar ", named)])
 
 
 @contextlib.contextmanager
@@ -226,11 +226,12 @@ def _check_state(workdir: Path, value: tuple[str, bytes, set[tuple[int, str]] | 
     if state.errors != len(set_aside):
         raise Violation(f"{state.errors} errors counted, {set_aside} set aside")
     path.write_bytes(data)
-    run = run_main(sidecar_cli.main, ["advise", "--state-file", str(path)])
-    if run.status not in (0, 1):
-        raise Violation(f"advise --state-file: exit {run.status}: {run.err!r}")
-    if run.status == 1:
-        one_line(run, "expiry-sidecar advise: cannot read ")
+    cli_outcome(
+        sidecar_cli.main,
+        ["advise", "--state-file", str(path)],
+        lambda _: "advice printed",
+        [Refusal(f"expiry-sidecar advise: cannot read {path}: ", lambda _: "refused (exit 2)")],
+    )
     if not state.errors:
         return f"{how}: loaded, timers kept" if saved else f"{how}: loaded"
     return f"{how}: set aside and counted" + (", timers kept" if saved else "")
@@ -285,13 +286,21 @@ class _Blocks(BaseHTTPRequestHandler):
 def _check_blocks(url: str, value: Any) -> str:
     with deep_recursion():
         _Blocks.body = value if isinstance(value, bytes) else json.dumps(value).encode()
-    run = run_main(sidecar_cli.main, ["advise", "--url", url])
-    if run.status == 0 and run.out and not run.err:
-        return "advice printed"
-    if run.status == 1:
-        one_line(run, "expiry-sidecar advise: ")
-        return "refused: one line naming the field"
-    raise Violation(f"advise --url: exit {run.status}: {run.err!r}")
+    return cli_outcome(
+        sidecar_cli.main,
+        ["advise", "--url", url],
+        _printed,
+        [Refusal(f"expiry-sidecar advise: {url}/blocks is not a sidecar's /blocks: ", lambda _: REFUSED)],
+    )
+
+
+REFUSED = "refused: exit 2, one line naming the field"
+
+
+def _printed(run: Run) -> str:
+    if not run.out:
+        raise Violation("advise exited 0 and printed nothing")
+    return "advice printed"
 
 
 @contextlib.contextmanager

@@ -13,15 +13,15 @@ from hypothesis import given, settings
 from tests.fuzz.harness import CI, Notes
 from tests.fuzz.surfaces import SURFACES
 
-EXAMPLES = {  # per surface, scaled to what one input costs (about 40 s for all on a loaded 2-core machine)
-    "inject": 40,
-    "webhook": 80,
-    "config": 40,
-    "annotations": 150,
-    "sidecar-flags": 150,
-    "state-file": 100,
-    "advise-blocks": 80,
-    "fifo": 150,
+EXAMPLES = {  # per surface, scaled to what one input costs (about 35 s for all on a quiet 2-core machine)
+    "inject": 200,
+    "webhook": 450,  # 9 of them big bodies (one in BIG_SHARE), each of the nine kinds once
+    "config": 200,
+    "annotations": 750,
+    "sidecar-flags": 750,
+    "state-file": 500,
+    "advise-blocks": 400,
+    "fifo": 750,
 }
 
 

@@ -20,8 +20,10 @@ MANIFESTS = {
         b"spec: {containers: [{name: a, env: [7]}]}\n",
         2,
     ),
-    "not-utf8": (b"kind: Pod\nmetadata: \xc3\x28\n", 1),
-    "nested-too-deep": (b"[" * 5000, 1),
+    "not-utf8": (b"kind: Pod\nmetadata: \xc3\x28\n", 2),
+    "nested-too-deep": (b"[" * 5000, 2),
+    "not-yaml": (b"a: [unclosed\n", 2),
+    "a-list-not-an-object": (b"- just\n- a list\n", 2),
     "pytorchjob-replicas-a-list": (b"kind: PyTorchJob\nspec: {pytorchReplicaSpecs: [1, a]}\n", 0),
 }
 
@@ -53,7 +55,7 @@ def test_a_hostile_state_file_is_one_line_for_advise(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert run.returncode == 1 and len(run.stderr.splitlines()) == 1, run
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run
     assert run.stderr.startswith(f"expiry-sidecar advise: cannot read {path}")
 
 
@@ -68,6 +70,26 @@ def test_a_config_file_nested_too_deep_is_one_line(tmp_path: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert run.returncode == 1 and run.stderr.splitlines() == [
+    assert run.returncode == 2 and run.stderr.splitlines() == [
         f"expiry-operator: config file {config} is nested too deeply"
     ], run
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        ([SIDECAR, "serve", "--metrics-port", "x"], "argument --metrics-port: not a TCP port"),
+        ([SIDECAR, "serve", "--adaptive-factor", "nan"], "argument --adaptive-factor:"),
+        ([SIDECAR, "advise"], "one of the arguments --url --state-file is required"),
+        ([SIDECAR, "run"], "run needs a command"),
+        ([OPERATOR, "inject"], "the following arguments are required: -f/--filename"),
+        ([OPERATOR, "inject", "-f", "-", "-o", "toml"], "argument -o/--output: invalid choice: 'toml'"),
+        ([OPERATOR, "run", "--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_a_refused_flag_is_exit_2_and_one_line_naming_it(argv: list[str], names: str) -> None:
+    run = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL
+    )
+    assert run.returncode == 2 and len(run.stderr.splitlines()) == 1, run
+    assert names in run.stderr and run.stdout == ""

@@ -142,20 +142,66 @@ def test_a_denial_exits_2_with_one_line(tmp_path: Path, name: str) -> None:
     ("content", "words"),
     [("a: [unclosed", "not valid YAML"), ("- just\n- a list\n", "not a Kubernetes object")],
 )
-def test_unreadable_manifests_exit_1(tmp_path: Path, content: str, words: str) -> None:
+def test_unreadable_manifests_exit_2_with_one_line(tmp_path: Path, content: str, words: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     result = run("inject", "-f", str(path))
-    assert result.returncode == 1 and words in result.stderr
+    assert result.returncode == 2 and words in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_a_missing_file_exits_1(tmp_path: Path) -> None:
+def test_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run("inject", "-f", str(tmp_path / "absent.yaml"))
-    assert result.returncode == 1 and "cannot read" in result.stderr
+    assert result.returncode == 2 and "cannot read" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_a_bad_config_file_names_the_key(tmp_path: Path) -> None:
+def test_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "operator.yaml"
     config.write_text("sidecar:\n  nativeSidecar: sometimes\n")
     result = run("inject", "-f", str(write(tmp_path, JOBSET_POD)), "--config", str(config))
-    assert result.returncode == 1 and "sidecar.nativeSidecar" in result.stderr
+    assert result.returncode == 2 and "sidecar.nativeSidecar" in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_run_with_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "operator.yaml"
+    config.write_text("webhook:\n  port: many\n")
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2 and "webhook.port" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_character_beyond_u_ffff_escaped_as_json_does_is_that_character(tmp_path: Path) -> None:
+    """json.dumps writes 😀 as the escape pair \\ud83d\\ude00; PyYAML read it as two lone surrogates,
+    which made inject end in a TypeError from orjson (found by scripts/fuzz)."""
+    pod = json.loads(json.dumps(JOBSET_POD))
+    pod["spec"]["containers"][0]["name"] = "trainer-\U0001f600"  # the injection record names it
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps(pod))  # ensure_ascii: the pairs, escaped
+    assert "\\ud83d\\ude00" in path.read_text()
+    result = run("inject", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    injected = yaml.safe_load(result.stdout)
+    assert injected["spec"]["containers"][0]["name"] == "trainer-\U0001f600"
+    assert "trainer-\U0001f600" in injected["metadata"]["annotations"]["expiry.io/injection"]
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        ('{"kind": "Pod", "metadata": {"name": "p\\ud800"}}', "document 1: metadata.name:"),
+        ('{"kind": "Pod", "metadata": {"labels": {"\\udc00": "x"}}}', "document 1: metadata.labels:"),
+    ],
+)
+def test_an_unpaired_surrogate_exits_2_naming_the_field(tmp_path: Path, document: str, where: str) -> None:
+    path = tmp_path / "pod.json"
+    path.write_text(document)
+    result = run("inject", "-f", str(path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result
+    assert f"{where} a lone UTF-16 surrogate" in result.stderr
+
+
+def test_a_config_file_with_an_unpaired_surrogate_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "operator.yaml"
+    config.write_text('sidecar: {image: "expiry\\ud800"}\n')
+    result = run("inject", "-f", str(write(tmp_path, JOBSET_POD)), "--config", str(config))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result
+    assert "sidecar.image: a lone UTF-16 surrogate" in result.stderr

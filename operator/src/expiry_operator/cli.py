@@ -6,14 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from expiry_operator.cluster import parse_version, supports_native_sidecars
 from expiry_operator.logs import LOG_LEVELS
 from expiry_operator.preview import ManifestError, WouldDeny, inject_documents, load_documents, render
 from expiry_operator.settings import DEFAULT_CONFIG_PATH, ConfigError, load_settings
 
-EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+"""A flag, the manifest or the config file is refused: one line on stderr naming the problem."""
 EXIT_DENIED = 2
+"""Admission would deny a pod of the manifest: one line on stderr, the denial's reason."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _inject(args)
     except ConfigError as e:
         _say(str(e))
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
 
 
 def _inject(args: argparse.Namespace) -> int:
@@ -46,10 +49,10 @@ def _inject(args: argparse.Namespace) -> int:
         )
     except OSError as e:
         _say(f"cannot read {args.filename}: {e.strerror or e}")
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
     except ManifestError as e:
         _say(f"{args.filename}: {e}")
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
     except WouldDeny as e:
         _say(f"admission would deny {e}")
         return EXIT_DENIED
@@ -69,8 +72,17 @@ def _version(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused flag is one line (``PROG: error: ...``, no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expiry-operator", description=__doc__)
+    parser = _Parser(prog="expiry-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="serve the mutating admission webhook (kopf)")

@@ -10,6 +10,7 @@ import yaml
 
 from expiry_operator.injection import Denied, Injected, admit
 from expiry_operator.settings import SidecarSettings
+from expiry_operator.surrogates import LoneSurrogate, joined
 from expiry_operator.workloads import pod_slots
 
 
@@ -35,6 +36,10 @@ def load_documents(data: bytes) -> list[dict[str, Any]]:
         raise ManifestError("nested too deeply to be a Kubernetes object") from None
     objects: list[dict[str, Any]] = []
     for index, document in enumerate(documents):
+        try:
+            joined(document)
+        except LoneSurrogate as e:
+            raise ManifestError(f"document {index + 1}: {e}") from None
         if not isinstance(document, dict):
             raise ManifestError(f"document {index + 1} is not a Kubernetes object (a mapping)")
         if document.get("kind") == "List" and isinstance(document.get("items"), list):

@@ -20,6 +20,7 @@ from expiry import names
 from expiry_operator.leadership import LeaseTiming
 from expiry_operator.opt_in import OFF, ON
 from expiry_operator.quantities import QuantityError, parse_quantity
+from expiry_operator.surrogates import LoneSurrogate, joined
 
 NativeSidecarMode = Literal["auto", "true", "false"]
 StackDumpMode = Literal["off", "client", "py-spy"]
@@ -174,6 +175,10 @@ def load_settings(path: str | Path | None) -> Settings:
         raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from e
     except RecursionError:  # PyYAML builds nested collections recursively
         raise ConfigError(f"config file {path} is nested too deeply") from None
+    try:
+        document = joined(document)
+    except LoneSurrogate as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     return settings_from_dict({} if document is None else document, source=str(path))
 
 

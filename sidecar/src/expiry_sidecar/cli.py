@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from expiry.names import FIFO_PATH, METRICS_PORT
 from expiry_sidecar import __version__, advice, alone, logs
@@ -104,12 +105,25 @@ def port(text: str) -> int:
     return int(text)
 
 
+EXIT_BAD_INPUT = 2
+"""A flag, a state file or a /blocks document is refused: one line on stderr naming the problem."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a refused flag is one line (``PROG: error: ...``, no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n"
+        )
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="expiry-sidecar", description=__doc__)
+    top = _Parser(prog="expiry-sidecar", description=__doc__)
     top.add_argument("--version", action="version", version=f"expiry-sidecar {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--metrics-host", default="0.0.0.0", help="address for /metrics, /readyz, /healthz")
     common.add_argument(
         "--kill-signal", type=signal_number, help="signal to send instead of the one the client asks for"
@@ -235,6 +249,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def advise_command(args: argparse.Namespace) -> int:
+    """Exit 1 when the sidecar cannot be reached, 2 when what it or the file holds is refused."""
     if args.url:
         try:
             doc = advice.fetch(args.url)
@@ -243,7 +258,7 @@ def advise_command(args: argparse.Namespace) -> int:
             return 1
         except advice.DocumentError as exc:
             sys.stderr.write(f"expiry-sidecar advise: {args.url}/blocks is not a sidecar's /blocks: {exc}\n")
-            return 1
+            return EXIT_BAD_INPUT
         own = doc["policy"]
         base = Policy(REQUESTED, own["adaptive_factor"], own["adaptive_min_samples"], own["adaptive_floor"])
     else:
@@ -251,7 +266,7 @@ def advise_command(args: argparse.Namespace) -> int:
             stats = read_blocks(args.state_file)
         except (OSError, ValueError) as exc:
             sys.stderr.write(f"expiry-sidecar advise: cannot read {args.state_file}: {exc}\n")
-            return 1
+            return EXIT_BAD_INPUT
         base = Policy()
         doc = advice.document(Deadlines(base, stats))
         doc["policy"]["deadlines"] = "(unknown: read from a state file)"
