@@ -121,7 +121,8 @@ def test_the_requested_deadline_stays_the_upper_bound(pod: Pod, sidecar: StartSi
     worker.expect("done 5")
     elapsed = killed_after(worker)
     assert 0.6 <= elapsed < 4.0, "50 x 0.1 s = 5 s is later than the 0.6 s requested"
-    assert kill_rule(server).startswith("requested 0.6 s (adaptive: 50 x ")
+    # The sidecar counts the 0.6 s from when the block reached it: a loaded machine shows 0.599 s.
+    assert re.match(r"requested 0\.(6|59\d) s \(adaptive: 50 x ", kill_rule(server)), kill_rule(server)
 
 
 def test_requested_deadlines_count_the_blocks_adaptive_would_have_killed(
