@@ -44,6 +44,16 @@ class Violation(AssertionError):
     """The surface broke its contract on an input."""
 
 
+def stateless(check: Check) -> Callable[[Path, Notes], contextlib.AbstractContextManager[Check]]:
+    """The session of a surface whose check needs nothing set up."""
+
+    @contextlib.contextmanager
+    def session(_: Path, _notes: Notes) -> Iterator[Check]:
+        yield check
+
+    return session
+
+
 @dataclasses.dataclass(frozen=True)
 class Surface:
     name: str

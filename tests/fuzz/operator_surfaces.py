@@ -32,6 +32,7 @@ from tests.fuzz.harness import (
     cli_outcome,
     deep_recursion,
     run_main,
+    stateless,
 )
 from tests.fuzz.mutations import NASTY_STRINGS, mutated, nested
 from tests.fuzz.pod_schema import schema_errors, schema_pods
@@ -448,17 +449,12 @@ def _sidecar_would_start(argv: Sequence[str]) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _annotations_session(_: Path, _notes: Notes) -> Iterator[Check]:
-    yield _check_annotations
-
-
 ANNOTATIONS = Surface(
     "annotations",
     "per-pod `expiry.io/` options (every key of options.py's table, plausible and hostile values); "
     "each injected sidecar's flags parsed by the real sidecar CLI",
     _annotated(),
-    _annotations_session,
+    stateless(_check_annotations),
 )
 
 SURFACES = (INJECT, WEBHOOK, CONFIG_FILE, ANNOTATIONS)

@@ -23,7 +23,17 @@ from expiry_sidecar.blocks import BlockStats
 from expiry_sidecar.deadlines import REQUESTED, Deadlines, Policy
 from expiry_sidecar.state import StateFile, blocks_line, boot_id
 from expiry_sidecar.timers import TimerBook
-from tests.fuzz.harness import Check, Notes, Refusal, Run, Surface, Violation, cli_outcome, deep_recursion
+from tests.fuzz.harness import (
+    Check,
+    Notes,
+    Refusal,
+    Run,
+    Surface,
+    Violation,
+    cli_outcome,
+    deep_recursion,
+    stateless,
+)
 from tests.fuzz.mutations import DEEP, NASTY_STRINGS, mutated, nested
 from tests.sidecar.test_core import World, line
 
@@ -92,17 +102,12 @@ def _check_flags(argv: list[str]) -> str:
     return cli_outcome(_would_start, argv, lambda _: "accepted", [Refusal("expiry-sidecar ", named)])
 
 
-@contextlib.contextmanager
-def _flags_session(_: Path, _notes: Notes) -> Iterator[Check]:
-    yield _check_flags
-
-
 FLAGS_SURFACE = Surface(
     "sidecar-flags",
     "`expiry-sidecar serve|run|advise` flags (every option of the real parser, hostile values), "
     "parsed and built into the options the daemon starts from",
     _argv(),
-    _flags_session,
+    stateless(_check_flags),
 )
 
 
@@ -390,17 +395,12 @@ def _check_fifo(value: tuple[list[Any], list[int]]) -> str:
     return "valid and malformed lines" if valid and garbage else "malformed only" if garbage else "valid only"
 
 
-@contextlib.contextmanager
-def _fifo_session(_: Path, _notes: Notes) -> Iterator[Check]:
-    yield _check_fifo
-
-
 FIFO_SURFACE = Surface(
     "fifo",
     "the FIFO's byte stream (the server's receive path): valid requests, random bytes and mutated "
     "requests, cut anywhere",
     FIFO_INPUTS,
-    _fifo_session,
+    stateless(_check_fifo),
 )
 
 SURFACES = (FLAGS_SURFACE, STATE_SURFACE, BLOCKS_SURFACE, FIFO_SURFACE)
