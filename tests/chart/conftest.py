@@ -72,6 +72,17 @@ def is_test_hook(obj: Obj) -> bool:
     return "test" in obj["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")
 
 
+def rules(role: Obj) -> set[tuple[str, str, str]]:
+    """A Role's or ClusterRole's rules flattened to (apiGroup, resource, verb)."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
 def find_helm() -> str:
     found = shutil.which("helm") or str(REPO / ".tools" / "bin" / "helm")
     if not Path(found).is_file():

@@ -12,22 +12,13 @@ from expiry import names
 from expiry_sidecar import profile
 from expiry_sidecar.blocks import ScopeStats
 from expiry_sidecar.deadlines import Policy
+from tests.chart.conftest import rules
 
 if TYPE_CHECKING:
     from conftest import Helm, Rendered
 
 CRD = f"{names.PROFILE_PLURAL}.{names.PROFILE_GROUP}"
 ROLE = "expiry-sidecar-deadline-profiles"
-
-
-def rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 def openapi_to_jsonschema(schema: Any) -> Any:

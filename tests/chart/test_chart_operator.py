@@ -14,6 +14,7 @@ from expiry_sidecar.events import burst_event
 from expiry_sidecar.kills import Outcome
 from expiry_sidecar.processes import Worker
 from expiry_sidecar.server import KillReport
+from tests.chart.conftest import rules
 
 if TYPE_CHECKING:
     from conftest import Helm, Rendered
@@ -221,17 +222,6 @@ def test_service_selects_the_operator_pods(defaults: Rendered) -> None:
 
 
 # --- RBAC ---------------------------------------------------------------------------------------------------
-
-
-def rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
-    """A role's rules flattened to (apiGroup, resource, verb)."""
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
 
 
 def test_operator_rbac_is_pods_read_and_events_write_only(helm: Helm) -> None:
