@@ -4,15 +4,18 @@ chart renders them, its PodSecurity admission on the injected pod, and its error
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
 
 from expiry import names
 from tests.cluster.conftest import NAMESPACE, Cluster, restricted_pod
-from tests.support.kube import ApiError
+from tests.cluster.test_job_failure_policy import TRAINER_IMAGE, trainer_exit
+from tests.support.kube import ApiError, Obj, wait_for
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
+BASELINE = {"pod-security.kubernetes.io/enforce": "baseline"}
 
 
 def create(cluster: Cluster, namespace: str, pod: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
@@ -128,3 +131,38 @@ def test_an_injected_pod_is_returned_unchanged_on_reinvocation(cluster: Cluster)
     containers = [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
     assert [c["name"] for c in containers].count(names.SIDECAR_CONTAINER) == 1
     assert [v["name"] for v in pod["spec"]["volumes"]].count(names.VOLUME_NAME) == 1
+
+
+def test_a_trainer_running_as_its_image_s_user_is_killed_by_a_root_sidecar_with_only_kill(
+    cluster: Cluster,
+) -> None:
+    """The trainer whose uid is left to its image (no runAsUser anywhere), on the real API server: the webhook
+    gives it a root sidecar with only CAP_KILL, the real PodSecurity admission lets that through at the
+    "baseline" level, and the node (the pod runner, which applies capabilities as containerd does: no
+    ambient ones) runs it, so the sidecar's lone KILL really kills the stuck uid-1000 trainer."""
+    namespace = cluster.namespace("baseline", BASELINE)
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    pod = cluster.kube.create(
+        pods,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "image-user", "annotations": {names.ENABLED_ANNOTATION: "true"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "trainer", "image": TRAINER_IMAGE}],  # USER 1000 in the image
+            },
+        },
+    )
+    sidecar = sidecar_of(pod)
+    assert sidecar is not None, pod["spec"]
+    context = sidecar["securityContext"]
+    assert (context["runAsUser"], context["runAsNonRoot"]) == (0, False), context
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["KILL"]}, context
+
+    def finished() -> Obj | None:
+        current: Obj = cluster.kube.get(f"{pods}/image-user")
+        return current if current.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait_for(finished, 120, "the image-user pod finished")
+    assert trainer_exit(done) == 128 + signal.SIGKILL, done["status"]
