@@ -94,13 +94,14 @@ def _ready(pod: Obj) -> bool:
 def cluster() -> Iterator[Cluster]:
     """The one cluster of the test run, shared by the xdist workers: started by the first that needs
     it, stopped by the last to finish with it (unless it ran before the tests: then left running)."""
-    kubeconfig = local_cluster.up(owner="pytest")
-    local_cluster.join(+1)
-    kube = Kube.from_kubeconfig(kubeconfig)
-    wait_for(lambda: len(Cluster(kubeconfig, kube).ready_operator_pods()) >= 1, 120, "a ready operator pod")
-    yield Cluster(kubeconfig, kube)
-    if local_cluster.join(-1) == 0:
-        local_cluster.down(only_owner="pytest")
+    kubeconfig = local_cluster.attach(owner="pytest")
+    try:
+        kube = Kube.from_kubeconfig(kubeconfig)
+        pods = Cluster(kubeconfig, kube).ready_operator_pods
+        wait_for(lambda: len(pods()) >= 1, 120, "a ready operator pod")
+        yield Cluster(kubeconfig, kube)
+    finally:
+        local_cluster.detach(owner="pytest")
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +110,8 @@ def one_at_a_time(cluster: Cluster) -> Iterator[None]:
     pytest): a rolling restart or the quickstart's reinstall would disturb another's admissions."""
     with local_cluster.exclusive("tests"):
         yield
+    if exited := local_cluster.exited():  # the test that was running when a component stopped, and why
+        pytest.fail(f"a cluster component stopped during this test\n{exited}", pytrace=False)
 
 
 @pytest.fixture

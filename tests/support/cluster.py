@@ -76,61 +76,92 @@ def exclusive(name: str, state: Path = STATE) -> Iterator[None]:
         yield
 
 
-def join(delta: int, state: Path = STATE) -> int:
-    """Count the test processes using the cluster; the count after the change."""
+def attach(owner: str, state: Path = STATE) -> Path:
+    """Start the cluster unless it runs and count this process among its users, under one lock: a user
+    that finishes cannot stop the cluster between another's start and its count."""
     with locked(state):
-        users = state / "users"
-        count = max(int(users.read_text() or 0) if users.is_file() else 0, 0) + delta
-        users.write_text(str(count))
-        return count
+        users = _users(state)
+        _ensure_up(state, owner=owner, users=users)
+        _write_users(state, users | {os.getpid()})
+        return kubeconfig(state)
+
+
+def detach(owner: str, state: Path = STATE) -> None:
+    """This process is done with the cluster; the last live user stops it if ``owner`` started it."""
+    with locked(state):
+        users = _users(state) - {os.getpid()}
+        _write_users(state, users)
+        if not users and _owner(state) == owner:
+            _down(state)
+
+
+def exited(state: Path = STATE) -> str:
+    """Which started component is no longer running, with the end of its log ("" when all run)."""
+    dead = [name for name, running in controlplane.running(state).items() if not running]
+    return "\n".join(
+        f"{name} exited; {state / 'logs' / name}.log ends:\n"
+        + "\n".join((state / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-40:])
+        for name in dead
+    )
+
+
+def _users(state: Path) -> set[int]:
+    """The live processes counted as users (one killed without detaching is not counted)."""
+    path = state / "users"
+    text = path.read_text() if path.is_file() else ""
+    return {int(pid) for pid in text.split() if pid.isdigit() and controlplane.alive(int(pid))}
+
+
+def _write_users(state: Path, users: set[int]) -> None:
+    (state / "users").write_text(" ".join(map(str, sorted(users))))
+
+
+def _owner(state: Path) -> str:
+    return (state / "owner").read_text() if (state / "owner").is_file() else ""
 
 
 def up(state: Path = STATE, *, chart_values: Sequence[str] = (), owner: str = "") -> Path:
-    """Start the cluster unless it runs; ``owner`` is written down, so only that owner's ``down``
-    stops it (the tests never stop a cluster someone started by hand)."""
+    """Start the cluster unless it runs; ``owner`` is written down, so only that owner's last user stops
+    it (the tests never stop a cluster someone started by hand)."""
     with locked(state):
-        if is_up(state):
-            return kubeconfig(state)
-        _down(state)
-        (state / "users").write_text("0")
-        (state / "owner").write_text(owner)
-        started = time.monotonic()
-        binaries = controlplane.build(say)
-        nodenet.bridge_up()
-        plane = controlplane.ControlPlane(state, binaries, nodenet.GATEWAY)
-        admin = plane.up(say)
-        kube = Kube.from_kubeconfig(admin)
-        controlplane.start(
-            "kubelet",
-            [
-                sys.executable,
-                "-m",
-                "tests.support.kubelet",
-                str(state),
-                "--version",
-                controlplane.kubernetes_version(),
-            ],
-            state,
-            cwd=REPO,
+        _ensure_up(state, chart_values=chart_values, owner=owner, users=_users(state))
+        return kubeconfig(state)
+
+
+def _ensure_up(state: Path, *, owner: str, users: set[int], chart_values: Sequence[str] = ()) -> None:
+    if is_up(state):
+        return
+    if users:  # restarting would pull the API server from under them: say what died instead
+        raise RuntimeError(
+            f"the cluster in {state} stopped while processes {sorted(users)} use it\n{exited(state)}"
         )
-        add_kwok_node(kube)
-        wait_for(lambda: node_ready(kube, "expiry-node") and node_ready(kube, KWOK_NODE), 60, "nodes Ready")
-        wait_for(lambda: kube.exists("/api/v1/namespaces/default/serviceaccounts/default"), 60, "default SA")
-        kube.create(
-            "/api/v1/namespaces",
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {
-                    "name": DEMO_NAMESPACE,
-                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-                },
-            },
-        )
-        install(admin, [*CHART_VALUES, *chart_values])
-        (state / "ready").write_text(f"{time.monotonic() - started:.0f}\n")
-        say(f"cluster up in {time.monotonic() - started:.0f} s (state in {state})")
-        return admin
+    _down(state)
+    (state / "owner").write_text(owner)
+    started = time.monotonic()
+    binaries = controlplane.build(say)
+    nodenet.bridge_up()
+    plane = controlplane.ControlPlane(state, binaries, nodenet.GATEWAY)
+    admin = plane.up(say)
+    kube = Kube.from_kubeconfig(admin)
+    controlplane.start(
+        "kubelet",
+        [
+            sys.executable,
+            "-m",
+            "tests.support.kubelet",
+            str(state),
+            "--version",
+            controlplane.kubernetes_version(),
+        ],
+        state,
+        cwd=REPO,
+    )
+    add_kwok_node(kube)
+    wait_for(lambda: node_ready(kube, "expiry-node") and node_ready(kube, KWOK_NODE), 60, "nodes Ready")
+    wait_for(lambda: kube.exists("/api/v1/namespaces/default/serviceaccounts/default"), 60, "default SA")
+    install_release(kube, admin, chart_values)
+    (state / "ready").write_text(f"{time.monotonic() - started:.0f}\n")
+    say(f"cluster up in {time.monotonic() - started:.0f} s (state in {state})")
 
 
 def add_kwok_node(kube: Kube) -> None:
@@ -207,11 +238,8 @@ def _down(state: Path) -> list[str]:
     return stopped
 
 
-def down(state: Path = STATE, *, only_owner: str | None = None) -> list[str]:
+def down(state: Path = STATE) -> list[str]:
     with locked(state):
-        owner = (state / "owner").read_text() if (state / "owner").is_file() else ""
-        if only_owner is not None and owner != only_owner:
-            return []
         return _down(state)
 
 

@@ -286,22 +286,22 @@ def stop_all(state: Path, grace: float = 20) -> list[str]:
             os.killpg(pid, signal.SIGTERM)
     give_up = time.monotonic() + grace
     for pid in reversed(list(pids.values())):
-        while _alive(pid) and time.monotonic() < give_up:
+        while alive(pid) and time.monotonic() < give_up:
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     for pid in pids.values():
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.05)
     (state / "pids.json").write_text("{}")
     return list(pids)
 
 
 def running(state: Path) -> dict[str, bool]:
-    return {name: _alive(pid) for name, pid in _read_json(state / "pids.json").items()}
+    return {name: alive(pid) for name, pid in _read_json(state / "pids.json").items()}
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """A process that exists and has not exited (a zombie of ours counts as exited)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)

@@ -192,6 +192,8 @@ class Kubelet:
                     last_beat = time.monotonic()
             except (ApiError, requests.RequestException) as error:
                 log.warning("sync failed: %s", error)
+            except Exception:  # a node that stops on one pod's surprise takes every test down with it
+                log.exception("sync failed")
             self.stopping.wait(0.3)
         with self.lock:
             pods = list(self.pods.values())
@@ -528,7 +530,12 @@ def proxy_api(server_port: int, stop: threading.Event) -> None:
             client, _ = listener.accept()
         except TimeoutError:
             continue
-        upstream = socket.create_connection(("127.0.0.1", server_port))
+        try:
+            upstream = socket.create_connection(("127.0.0.1", server_port))
+        except OSError as error:
+            log.warning("API proxy: %s", error)
+            client.close()
+            continue
         for a, b in ((client, upstream), (upstream, client)):
             threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
