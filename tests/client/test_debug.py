@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from expiry.debug import socket_path
 from expiry.names import DUMP_DIR_ENV
 from expiry.procstat import starttime
-from expiry_sidecar.askworker import NoAnswer, ask
+from expiry_sidecar.askworker import NoAnswer, ask, told_ranks
 from tests.support.sidecar import wait_for
 
 WORKER = textwrap.dedent(
@@ -35,9 +37,9 @@ WORKER = textwrap.dedent(
 
 @pytest.fixture
 def worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[str]]:
-    env = {k: v for k, v in os.environ.items() if k != DUMP_DIR_ENV}
-    if request.param:
-        env[DUMP_DIR_ENV] = str(tmp_path / "dumps")
+    env = {k: v for k, v in os.environ.items() if k not in (DUMP_DIR_ENV, "RANK", "LOCAL_RANK")}
+    if request.param is not None:  # the extra environment of a worker with a dump directory
+        env.update({DUMP_DIR_ENV: str(tmp_path / "dumps"), **request.param})
     (tmp_path / "requests").touch()
     process = subprocess.Popen(
         [sys.executable, "-c", WORKER, str(tmp_path / "requests")], env=env, stdout=subprocess.PIPE, text=True
@@ -48,7 +50,7 @@ def worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[subproces
     process.wait()
 
 
-@pytest.mark.parametrize("worker", [True], indirect=True)
+@pytest.mark.parametrize("worker", [{}], indirect=True)
 def test_the_worker_answers_with_its_stacks_while_its_main_thread_waits(
     worker: subprocess.Popen[str], tmp_path: Path
 ) -> None:
@@ -62,7 +64,33 @@ def test_the_worker_answers_with_its_stacks_while_its_main_thread_waits(
     assert ask(path, starttime(worker.pid))["pid"] == worker.pid, "it answers every time it is asked"
 
 
-@pytest.mark.parametrize("worker", [True], indirect=True)
+@pytest.mark.parametrize(
+    ("worker", "told"),
+    [
+        ({"RANK": "3", "LOCAL_RANK": "1"}, {"rank": 3, "local_rank": 1}),
+        ({"RANK": "12", "LOCAL_RANK": "-1"}, {"rank": 12}),
+        ({}, {}),
+    ],
+    indirect=["worker"],
+)
+def test_the_worker_tells_its_ranks(
+    worker: subprocess.Popen[str], tmp_path: Path, told: dict[str, int]
+) -> None:
+    """The sidecar may not read the environment of a worker that holds capabilities it lacks."""
+    path = socket_path(tmp_path / "dumps", worker.pid)
+    wait_for(path.is_socket, what="the debug socket")
+    assert told_ranks(ask(path, starttime(worker.pid))) == told
+
+
+@given(st.dictionaries(st.sampled_from(["rank", "local_rank", "pid"]), st.from_type(object) | st.integers()))
+def test_only_non_negative_integers_are_taken_for_ranks(reply: dict[str, object]) -> None:
+    told = told_ranks(reply)
+    assert set(told) <= {"rank", "local_rank"}
+    assert all(type(value) is int and value >= 0 and reply[key] == value for key, value in told.items())
+    assert told.keys() == {k for k in ("rank", "local_rank") if type(reply.get(k)) is int and reply[k] >= 0}
+
+
+@pytest.mark.parametrize("worker", [{}], indirect=True)
 def test_an_answer_from_another_process_than_the_one_killed_is_refused(
     worker: subprocess.Popen[str], tmp_path: Path
 ) -> None:
@@ -72,7 +100,7 @@ def test_an_answer_from_another_process_than_the_one_killed_is_refused(
         ask(path, starttime(worker.pid) + 1)
 
 
-@pytest.mark.parametrize("worker", [False], indirect=True)
+@pytest.mark.parametrize("worker", [None], indirect=True)
 def test_without_a_dump_directory_nothing_listens(worker: subprocess.Popen[str], tmp_path: Path) -> None:
     threads = os.listdir(f"/proc/{worker.pid}/task")
     assert len(threads) == 1, "no debug thread"

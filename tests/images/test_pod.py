@@ -188,14 +188,22 @@ CAP_KILL = 1 << 5
 
 
 def test_a_trainer_whose_uid_is_the_image_s_is_killed_by_a_root_sidecar_with_only_cap_kill(
-    images: Images, tmp_path: Path
+    images: Images, api: KubeApi, tmp_path: Path
 ) -> None:
     """With no runAsUser the sidecar cannot share the trainer's uid; it signals it with CAP_KILL, which
-    only root keeps across exec (the harness, as containerd, grants no ambient capabilities)."""
+    only root keeps across exec (the harness, as containerd, grants no ambient capabilities). Another
+    uid's environment is closed to it (reading /proc/PID/environ takes CAP_SYS_PTRACE): the kill's
+    Event has the ranks the trainer told on its debug channel (stack dumps on)."""
     pod = manifest(images.trainer)
     pod["spec"]["securityContext"] = {"seccompProfile": {"type": "RuntimeDefault"}}  # the image's USER 1000
+    pod["metadata"]["annotations"]["expiry.io/stack-dumps"] = "client"
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "RANK", "value": "3"},
+        {"name": "LOCAL_RANK", "value": "1"},
+    ]
     port = free_port()
     pod = inject(pod, tmp_path, port)
+    give_kubeconfig(pod, SIDECAR_CONTAINER, api, tmp_path / "kube")
     with PodRunner(pod, tmp_path / "pod") as run:
         sidecar, trainer = run.containers[SIDECAR_CONTAINER], run.containers["trainer"]
         status = sidecar.status()
@@ -205,5 +213,41 @@ def test_a_trainer_whose_uid_is_the_image_s_is_killed_by_a_root_sidecar_with_onl
         assert trainer.wait(120) == -signal.SIGKILL, f"{trainer.log()}\n{sidecar.log()}"
         metrics = Metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
         assert metrics("expiry_kills_total", signal="SIGKILL") == 1
+        learned = requests.get(f"http://127.0.0.1:{port}/blocks", timeout=5).json()["scopes"]
+        assert learned and {entry.get("container") for entry in learned} == {None}, "environ unreadable"
+
+        def recorded() -> list[dict[str, Any]]:
+            return api.objects(EVENTS, NAMESPACE)
+
+        (event,) = wait_for(recorded, timeout=30, what=f"the kill Event in kmock\n{sidecar.log()}")
+        (kill,) = json.loads(event["metadata"]["annotations"]["expiry.io/kills"])
+        assert (kill["rank"], kill["local_rank"]) == (3, 1), kill
+        assert kill["frames"], "the stack came over the debug channel"
+        run.stop()
+    assert "Traceback" not in sidecar.log()
+
+
+CAP_SYS_PTRACE = 1 << 19
+
+
+def test_py_spy_dumps_come_from_a_root_sidecar_that_kept_sys_ptrace(images: Images, tmp_path: Path) -> None:
+    """A non-root sidecar would lose SYS_PTRACE at exec (no ambient capabilities), and a host with Yama's
+    ptrace_scope=1 then refuses py-spy even for the trainer's own uid: the sidecar is root with it."""
+    pod = manifest(images.trainer)
+    pod["metadata"]["annotations"]["expiry.io/stack-dumps"] = "py-spy"
+    # The trainer announces nothing, as one on torch's own client: py-spy is the only way to its stack.
+    pod["spec"]["containers"][0]["env"] = [{"name": "EXPIRY_DUMP_DIR", "value": ""}]
+    port = free_port()
+    pod = inject(pod, tmp_path, port)
+    with PodRunner(pod, tmp_path / "pod") as run:
+        sidecar, trainer = run.containers[SIDECAR_CONTAINER], run.containers["trainer"]
+        status = sidecar.status()
+        assert status["Uid"].split() == ["0"] * 4
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == CAP_KILL | CAP_SYS_PTRACE, status
+        assert trainer.wait(120) == -signal.SIGKILL, f"{trainer.log()}\n{sidecar.log()}"
+        lines = sidecar.log().splitlines()
+        dumps = [json.loads(line) for line in lines if "stack of the stuck worker" in line]
+        assert [dump["mechanism"] for dump in dumps] == ["py-spy"], sidecar.log()
+        assert "stuck_trainer.py" in dumps[0]["stack"], dumps[0]["stack"]
         run.stop()
     assert "Traceback" not in sidecar.log()

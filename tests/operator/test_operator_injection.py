@@ -217,7 +217,10 @@ def test_stack_dumps_py_spy_adds_sys_ptrace_and_leaves_restricted() -> None:
     original = copy.deepcopy(INJECTED_CASES["restricted"])
     original["metadata"]["annotations"]["expiry.io/stack-dumps"] = "py-spy"
     pod = inject(original)
-    assert sidecar_of(pod)["securityContext"]["capabilities"]["add"] == ["SYS_PTRACE"]
+    context = sidecar_of(pod)["securityContext"]
+    # Root keeps the capability across exec; as root it signals the trainer's uid with CAP_KILL.
+    assert (context["capabilities"]["add"], context["runAsUser"]) == (["KILL", "SYS_PTRACE"], 0)
+    assert context["runAsNonRoot"] is False
     assert (level_of(original), level_of(pod)) == ("restricted", "privileged")
 
 

@@ -6,6 +6,8 @@ connects before it signals the worker; the thread writes one JSON object (:func:
 the connection, which is the sidecar's acknowledgement that the answer is complete:
 
 - ``pid``, ``starttime``: who answers (the sidecar checks them against the worker it is killing);
+- ``rank``, ``local_rank``: its ``RANK`` and ``LOCAL_RANK`` (null when unset or not a number): the
+  sidecar cannot read the environment of a worker holding capabilities it lacks (a root trainer);
 - ``stack``: every thread's Python stack, in faulthandler's text layout (the main thread named);
 - ``flight_recorder``: torch's flight-recorder dump (``_dump_fr_trace_json``), when
   ``torch.distributed`` was already imported by the trainer and a process group is initialised;
@@ -93,12 +95,18 @@ def answer(pid: int, starttime: int) -> dict[str, object]:
     reply: dict[str, object] = {
         "pid": pid,
         "starttime": starttime,
+        "rank": _number(os.environ.get("RANK")),
+        "local_rank": _number(os.environ.get("LOCAL_RANK")),
         "stack": stacks(),
         "flight_recorder": recorder,
     }
     if error:
         reply["flight_recorder_error"] = error
     return reply
+
+
+def _number(value: str | None) -> int | None:
+    return int(value) if value and value.isascii() and value.isdigit() else None
 
 
 def stacks() -> str:

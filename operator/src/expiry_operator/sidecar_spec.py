@@ -149,10 +149,13 @@ def _resources(settings: SidecarSettings, plan: SidecarPlan) -> dict[str, dict[s
 
 
 def _security_context(plan: SidecarPlan) -> dict[str, Any]:
-    added = []
-    if plan.identity.needs_kill_capability:
-        added.append("KILL")
-    if plan.options.stack_dumps == "py-spy":
+    py_spy = plan.options.stack_dumps == "py-spy"
+    # containerd and CRI-O give a non-root process no ambient capabilities, so an added capability is
+    # lost at exec unless the user is root (kubernetes/kubernetes#56374): a sidecar that needs one is
+    # root, and then needs CAP_KILL too to signal a trainer of another uid.
+    root = plan.identity.needs_kill_capability or py_spy
+    added = ["KILL"] if root and plan.identity.uid != 0 else []
+    if py_spy:
         added.append("SYS_PTRACE")
     capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
     if added:
@@ -164,9 +167,7 @@ def _security_context(plan: SidecarPlan) -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    if plan.identity.needs_kill_capability:
-        # containerd and CRI-O give a non-root process no ambient capabilities, so an added capability
-        # is lost at exec unless the user is root (kubernetes/kubernetes#56374): CAP_KILL needs uid 0.
+    if root:
         context["runAsUser"] = 0
         context["runAsNonRoot"] = False
     elif plan.identity.uid is not None:

@@ -61,3 +61,12 @@ def ask(path: Path, starttime: int, timeout: float = TIMEOUT) -> dict[str, objec
     if reply.get("starttime") != starttime:
         raise NoAnswer("the answer comes from another process (its pid was reused)")
     return reply
+
+
+def told_ranks(reply: dict[str, object]) -> dict[str, int]:
+    """``rank`` and ``local_rank`` as the worker told them, those that are non-negative integers."""
+    return {
+        key: value
+        for key in ("rank", "local_rank")
+        if isinstance(value := reply.get(key), int) and not isinstance(value, bool) and value >= 0
+    }

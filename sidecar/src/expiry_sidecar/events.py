@@ -235,6 +235,8 @@ class EventRecorder(Listener):
 
     def before_kill(self, order: KillOrder) -> None:
         ranks = self._read_ranks(order.worker.pid)
+        if ranks == (None, None):  # an environment it may not read: what the worker told, if it did
+            ranks = order.told_ranks.get("rank"), order.told_ranks.get("local_rank")
         with self._lock:
             self._ranks[order.worker] = ranks
 

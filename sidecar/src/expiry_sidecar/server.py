@@ -111,6 +111,9 @@ class KillOrder:
     """Filled in by the stack dump: up to a few innermost frames, innermost last."""
     collective: dict[str, object] = field(default_factory=dict)
     """Filled in by the stack dump: the worker's latest flight-recorder collective (empty: none)."""
+    told_ranks: dict[str, int] = field(default_factory=dict)
+    """Filled in by the stack dump: ``rank`` and ``local_rank`` as the worker told them on its debug
+    channel, for when its environment cannot be read (it holds capabilities the sidecar lacks)."""
 
 
 @dataclass(frozen=True)

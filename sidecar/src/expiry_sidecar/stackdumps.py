@@ -197,7 +197,7 @@ class StackDumper(Listener):
         worker = order.worker
         fields: dict[str, object] = {"pid": worker.pid, "scope": order.scope_id}
         try:
-            mechanism, stack, recorder = self._capture(worker)
+            mechanism, stack, recorder = self._capture(order)
         except DumpFailed as exc:
             self._count("failed")
             log.warning("no stack dump of pid %d: %s", worker.pid, exc, extra={**fields, "reason": str(exc)})
@@ -218,10 +218,12 @@ class StackDumper(Listener):
         with self._lock:
             self.results[result] += 1
 
-    def _capture(self, worker: Worker) -> tuple[str, str, object]:
-        """(mechanism, stack, flight-recorder dump or None)."""
+    def _capture(self, order: KillOrder) -> tuple[str, str, object]:
+        """(mechanism, stack, flight-recorder dump or None); the ranks the worker told go to ``order``."""
+        worker = order.worker
         answer = self._answer(worker)
         if answer is not None:
+            order.told_ranks.update(askworker.told_ranks(answer))
             return "debug-channel", str(answer["stack"]), answer.get("flight_recorder")
         if worker.dump_signal is not None:
             path = self.directory / f"{worker.pid}.stack"
