@@ -7,6 +7,7 @@ their namespace pids, exactly as the sidecar and the trainers of one pod do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,6 +65,8 @@ class Pod:
             stderr=subprocess.DEVNULL,  # unshare complains of the SIGKILL that ends the pod
         )
         self.init_host_pid = self._wait_for_init()
+        self._init_pidfd = os.pidfd_open(self.init_host_pid)
+        """PID 1 is signalled through it: never a process that took its pid after it died."""
         self.processes: list[subprocess.Popen[str]] = []
 
     def _wait_for_init(self) -> int:
@@ -96,7 +99,11 @@ class Pod:
 
     def close(self) -> None:
         """End the pod: when its PID 1 dies the kernel kills everything left in the namespace."""
-        os.kill(self.init_host_pid, signal.SIGKILL)
+        if self._init_pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+            os.close(self._init_pidfd)
+            self._init_pidfd = -1
         self._unshare.wait(timeout=10)
         for process in self.processes:
             try:

@@ -91,6 +91,9 @@ class Container:
     process: subprocess.Popen[bytes]  # nsenter's; it exits with the container's status
     log_path: Path
     host_pid: int
+    pidfd: int
+    """Signals go through it: once the process has exited they reach nobody, never a process that reused
+    its pid (pid_max may be 32768, and a test run starts tens of thousands of processes)."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -101,8 +104,9 @@ class Container:
         return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
     def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.host_pid, signum)
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signum)
 
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout)
@@ -135,6 +139,7 @@ class PodRunner:
         self._roots: dict[str, tuple[str, Path]] = {}  # container name -> (buildah container, rootfs)
         self._init: subprocess.Popen[str] | None = None
         self.init_host_pid = 0
+        self._init_pidfd: int | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> PodRunner:
@@ -226,6 +231,7 @@ class PodRunner:
             self._init.wait(10)
             raise RuntimeError(f"the pod's mounts could not be set up:\n{init_log.read_text()}")
         self.init_host_pid = _children(self._init.pid)[0]
+        self._init_pidfd = os.pidfd_open(self.init_host_pid)
 
     # --- one container ----------------------------------------------------------------------------
 
@@ -242,7 +248,8 @@ class PodRunner:
             )  # fmt: skip
         try:
             host_pid = _wait_for_child(process)
-        except RuntimeError as error:
+            pidfd = os.pidfd_open(host_pid)  # nsenter, its parent, reaps it only once it exits
+        except (RuntimeError, ProcessLookupError) as error:
             raise RuntimeError(
                 f"container {name}: {error}:\n{log_path.read_text(errors='replace')}"
             ) from None
@@ -252,6 +259,7 @@ class PodRunner:
             process=process,
             log_path=log_path,
             host_pid=host_pid,
+            pidfd=pidfd,
         )
         self.containers[name] = started
         return started
@@ -363,10 +371,17 @@ class PodRunner:
                 except subprocess.TimeoutExpired:
                     container.signal(signal.SIGKILL)
                     container.wait(10)
-        if self._init is not None and self._init.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_host_pid, signal.SIGKILL)  # the kernel ends what is left in the pod
+        if self._init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # the kernel ends what is left in the pod
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+            os.close(self._init_pidfd)
+            self._init_pidfd = None
+        if self._init is not None:
             self._init.wait(10)
+        for container in self.containers.values():
+            if container.pidfd >= 0:  # a second stop finds them closed
+                os.close(container.pidfd)
+                container.pidfd = -1
         if self._init is not None and self._init.stdout:
             self._init.stdout.close()
         for name, _ in self._roots.values():
