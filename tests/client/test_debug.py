@@ -4,6 +4,7 @@ main thread waits; nothing listens without ``EXPIRY_DUMP_DIR``; torch is never i
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -88,6 +89,44 @@ def test_only_non_negative_integers_are_taken_for_ranks(reply: dict[str, object]
     assert set(told) <= {"rank", "local_rank"}
     assert all(type(value) is int and value >= 0 and reply[key] == value for key, value in told.items())
     assert told.keys() == {k for k in ("rank", "local_rank") if type(reply.get(k)) is int and reply[k] >= 0}
+
+
+def connect_as(uid: int, path: Path) -> bytes:
+    """What a process of ``uid`` reads on the socket (a forked child that drops to it; no exec, so it
+    needs no access to this interpreter's files)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.chdir(path.parent)  # as root: the directories above need not be open to ``uid``
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(5)
+                connection.connect(path.name)
+                while chunk := connection.recv(1 << 16):
+                    os.write(write_end, chunk)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        read = pipe.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, "the child could not connect"
+    return read
+
+
+@pytest.mark.parametrize("worker", [{}], indirect=True)
+def test_only_the_worker_s_uid_and_root_are_answered(worker: subprocess.Popen[str], tmp_path: Path) -> None:
+    """The socket file is open to all (a root sidecar without CAP_DAC_OVERRIDE must connect to a trainer
+    of another uid); the worker itself refuses any other uid, by the kernel's word on the peer."""
+    path = socket_path(tmp_path / "dumps", worker.pid)
+    wait_for(path.is_socket, what="the debug socket")
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666)
+    assert b'"stack"' in connect_as(os.getuid(), path)
+    assert connect_as(4321, path) == b"", "another uid gets nothing"
 
 
 @pytest.mark.parametrize("worker", [{}], indirect=True)

@@ -3,7 +3,8 @@
 When ``$EXPIRY_DUMP_DIR`` is set, the first timer client of a process starts one daemon thread
 listening on the Unix socket ``$EXPIRY_DUMP_DIR/<pid>.sock`` (:func:`socket_path`). The sidecar
 connects before it signals the worker; the thread writes one JSON object (:func:`answer`) and closes
-the connection, which is the sidecar's acknowledgement that the answer is complete:
+the connection, which is the sidecar's acknowledgement that the answer is complete. Anyone may open
+the socket; only the worker's own uid and root get an answer (:func:`may_ask`). The answer:
 
 - ``pid``, ``starttime``: who answers (the sidecar checks them against the worker it is killing);
 - ``rank``, ``local_rank``: its ``RANK`` and ``LOCAL_RANK`` (null when unset or not a number): the
@@ -26,6 +27,7 @@ import importlib
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -65,7 +67,7 @@ def start(directory: str | None = None) -> Path | None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # an earlier process's, with the same pid
             listener.bind(str(path))
-            os.chmod(path, 0o600)
+            os.chmod(path, 0o666)  # who may ask is decided per connection: see may_ask
             listener.listen(4)
         except OSError:
             listener.close()
@@ -86,7 +88,18 @@ def _serve(listener: socket.socket, pid: int, starttime: int) -> None:
         except OSError:
             return
         with connection, contextlib.suppress(OSError):
-            connection.sendall(json.dumps(answer(pid, starttime)).encode())
+            if may_ask(connection):
+                connection.sendall(json.dumps(answer(pid, starttime)).encode())
+
+
+def may_ask(connection: socket.socket) -> bool:
+    """Only the worker's own uid and root are answered. A sidecar that cannot share the trainer's uid
+    (the trainer runs as its image's user) is root with no capability but KILL, so a socket file only
+    the worker's uid may open would keep it out; the kernel's word on the peer (SO_PEERCRED) keeps
+    everyone else out instead."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid in (0, os.getuid())
 
 
 def answer(pid: int, starttime: int) -> dict[str, object]:
