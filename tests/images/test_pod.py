@@ -236,7 +236,7 @@ def test_py_spy_dumps_come_from_a_root_sidecar_that_kept_sys_ptrace(images: Imag
     pod = manifest(images.trainer)
     pod["metadata"]["annotations"]["expiry.io/stack-dumps"] = "py-spy"
     # The trainer announces nothing, as one on torch's own client: py-spy is the only way to its stack.
-    pod["spec"]["containers"][0]["env"] = [{"name": "EXPIRY_DUMP_DIR", "value": ""}]
+    pod["spec"]["containers"][0]["command"] = ["sh", "-c", "unset EXPIRY_DUMP_DIR; exec python /app/train.py"]
     port = free_port()
     pod = inject(pod, tmp_path, port)
     with PodRunner(pod, tmp_path / "pod") as run:
@@ -248,6 +248,6 @@ def test_py_spy_dumps_come_from_a_root_sidecar_that_kept_sys_ptrace(images: Imag
         lines = sidecar.log().splitlines()
         dumps = [json.loads(line) for line in lines if "stack of the stuck worker" in line]
         assert [dump["mechanism"] for dump in dumps] == ["py-spy"], sidecar.log()
-        assert "stuck_trainer.py" in dumps[0]["stack"], dumps[0]["stack"]
+        assert "/app/train.py" in dumps[0]["stack"], dumps[0]["stack"]
         run.stop()
     assert "Traceback" not in sidecar.log()
